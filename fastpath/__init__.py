@@ -1,0 +1,55 @@
+"""fastpath: runtime constraints for rule evaluation, enforced from a compiled core.
+
+Deadlines, CPU time, memory, sampling and retries for the rules a policy engine,
+API gateway or agent guardrail runs millions of times a second.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._impl import IMPLEMENTATION, core
+from .errors import (
+    ConstraintError,
+    ConstraintViolation,
+    ConstraintViolationType,
+    EnforcementFailure,
+    ExecutionInterrupted,
+    InvalidConfiguration,
+    ResourceExhausted,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    # The typed pure-Python twin describes the compiled core exactly.
+    from ._budget_py import (
+        ExecutionBudget,
+        ExecutionConstraints,
+        ExecutionStats,
+        preemption_info,
+        set_preemption,
+    )
+else:
+    ExecutionConstraints = core.ExecutionConstraints
+    ExecutionBudget = core.ExecutionBudget
+    ExecutionStats = core.ExecutionStats
+    set_preemption = core.set_preemption
+    preemption_info = core.preemption_info
+
+__all__ = [
+    "IMPLEMENTATION",
+    "ConstraintError",
+    "ConstraintViolation",
+    "ConstraintViolationType",
+    "EnforcementFailure",
+    "ExecutionBudget",
+    "ExecutionConstraints",
+    "ExecutionInterrupted",
+    "ExecutionStats",
+    "InvalidConfiguration",
+    "ResourceExhausted",
+    "__version__",
+    "preemption_info",
+    "set_preemption",
+]

@@ -1,0 +1,75 @@
+# The C-level API of fastpath's compiled core.
+#
+# Another Cython module can ``from fastpath._budget cimport ExecutionBudget``
+# and check a deadline with ``budget.is_timeout_c()`` -- a C call through the
+# vtable, no Python call, no allocation.  Field layout is part of this API.
+
+from libc.stdint cimport int64_t, uint64_t
+
+
+cdef class ExecutionConstraints:
+    cdef int64_t _max_exec_ms          # wall-clock budget, ms (1 .. 2**53)
+    cdef int64_t _max_exec_ns          # the same in ns, saturated at INT64_MAX
+    cdef int _cpu_shares               # 0..100, or -1 when no CPU limit is set
+    cdef int64_t _cpu_allowance_ns     # max_exec_ms * cpu_shares / 100 ms in ns; -1: none
+    cdef int64_t _memory_limit         # bytes, or -1 when no memory limit is set
+    cdef double _sampling_rate         # probability that should_sample() is True
+    cdef uint64_t _sample_threshold    # a draw below this samples in (0 < rate < 1)
+    cdef int _sample_mode              # 0: never, 1: always, 2: draw
+    cdef bint _fail_closed             # deny (raise / interrupt) on a violation
+    cdef int64_t _max_retries          # retries after the first call; -1: None
+    cdef int64_t _retry_backoff_ms     # delay between retries; -1: None
+
+    # Store validated values (a tuple from fastpath._config.normalize).
+    cdef _assign(self, tuple values)
+    # The fields as Python values, in declaration order.
+    cdef tuple _values(self)
+    # One xorshift64* draw on this thread's generator; never fails.
+    cdef bint should_sample_c(self) noexcept
+    # A started budget (clock read now), built without going through __init__.
+    cdef ExecutionBudget create_budget_c(self)
+
+
+cdef class ExecutionStats:
+    cdef readonly int64_t elapsed_ns           # wall time of the budget (frozen when enforce returns)
+    cdef readonly int64_t memory_used_bytes    # what the memory limit is checked against
+    cdef readonly int64_t cpu_time_us          # CPU time; a wall-time bound unless cpu_time_measured
+    cdef readonly bint cpu_time_measured       # True: cpu_time_us is a CPU-clock reading
+    cdef readonly tuple violations             # ConstraintViolationType values, in recorded order
+
+    cdef tuple _values(self)
+
+
+cdef class ExecutionBudget:
+    cdef ExecutionConstraints _constraints     # the limits this budget enforces
+    cdef int64_t _start_ns                     # CLOCK_MONOTONIC at creation
+    cdef int64_t _deadline_ns                  # _start_ns + max_exec_ns (saturated)
+    cdef int64_t _stop_ns                      # when the last enforce() returned; 0: running
+    cdef int64_t _memory_charged               # bytes added with charge_memory()
+    cdef int64_t _cpu_measured_ns              # CPU time read from the thread's CPU clock
+    cdef int64_t _cpu_bound_ns                 # wall time of calls too short to reach the CPU allowance
+    cdef bint _cpu_unmeasured                  # some part of _cpu_* is a wall-time bound
+    cdef int _violation_mask                   # bit (1 << kind) per recorded kind
+    cdef int _violation_count                  # number of kinds recorded
+    cdef unsigned char _violation_order[4]     # kinds in recorded order; no allocation
+    cdef bint _preempt                         # may the watchdog interrupt calls of this budget
+    cdef uint64_t _gen                         # generation of the enforce() running it; 0: none
+
+    # True once the wall-clock deadline has passed; a clock read, nothing else.
+    cdef bint is_timeout_c(self) noexcept
+    # Nanoseconds left before the deadline, never below 0.
+    cdef int64_t remaining_ns_c(self) noexcept
+    # Record every violated limit; returns the number of kinds recorded so far.
+    cdef int check_c(self) except -1
+    # Record one violation kind (once per kind).
+    cdef void record_c(self, int kind) noexcept
+    # Run fn(*args, **kwargs) under the budget: the per-call path of enforce().
+    cdef object run_c(self, object fn, tuple args, dict kwargs, bint preempt)
+
+    # -- private helpers of the per-call path --
+    cdef int64_t _now_or_stop(self) noexcept
+    cdef int64_t _memory_used(self) noexcept
+    cdef void _record_mask(self, int mask) noexcept
+    cdef int64_t _cpu_total_now(self) noexcept
+    cdef ExecutionStats _stats(self)
+    cdef object _violation(self, int mask, bint interrupted, object interruptible)

@@ -1,0 +1,641 @@
+# The compiled core: ExecutionConstraints, ExecutionBudget, ExecutionStats.
+#
+# The per-call path is ExecutionBudget.run_c (enforce) and the few inline
+# helpers it calls; everything else (validation, repr, pickling) is off that
+# path and shares its logic with the pure-Python twin through fastpath._config.
+cimport cython
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t, uint64_t
+
+import atexit as _atexit
+import os as _os
+import signal as _signal
+import threading as _threading
+
+from fastpath import _config
+from fastpath.errors import (
+    ConstraintViolation,
+    ConstraintViolationType,
+    EnforcementFailure,
+    ExecutionInterrupted,
+    InvalidConfiguration,
+)
+
+cdef extern from "Python.h":
+    int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
+
+cdef extern from "_fp_runtime.h":
+    ctypedef struct fp_slot:
+        uint64_t fire_gen
+        int fire_kind
+        int64_t fire_ns
+        unsigned long py_ident
+        int is_main
+    ctypedef struct fp_saved:
+        pass
+    int64_t FP_INT64_MAX
+    int FP_TIMEOUT
+    int FP_MEMORY
+    int FP_CPU
+    int64_t FP_WD_TICK_NS
+    int64_t fp_now_ns() noexcept nogil
+    int64_t fp_thread_cpu_ns() noexcept nogil
+    int64_t fp_sat_add(int64_t a, int64_t b) noexcept nogil
+    uint64_t fp_rng_next() noexcept nogil
+    void fp_rng_reseed(uint64_t seed) noexcept nogil
+    fp_slot *fp_slot_get() noexcept
+    fp_slot *fp_slot_peek() noexcept
+    uint64_t fp_arm(fp_slot *s, fp_saved *sv, int64_t interrupt_at, int interrupt_kind,
+                    int64_t cpu_limit_ns, int cpu_interrupt) noexcept
+    int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen) noexcept
+    int fp_cpu_sample(fp_slot *s, uint64_t gen, int64_t *cpu_ns, int64_t *wall_ns) noexcept
+    int fp_main_should_raise(fp_slot *s) noexcept
+    void fp_set_main_thread(int signum) noexcept
+    int fp_wd_start() noexcept
+    void fp_wd_shutdown() noexcept
+    object fp_call(object fn, object args, object kwargs)
+    PyObject *fp_interrupt_type
+    int fp_preempt_enabled
+    int fp_preempt_signal
+    int fp_wd_running
+    int fp_wd_membarrier
+    uint64_t fp_wd_ticks
+    uint64_t fp_wd_fires
+
+# How long after the watchdog sent an interrupt the call may take to stop and
+# still count as "interruptible" (it stopped at an eval-breaker check, not when
+# a blocking C call finally returned).
+cdef int64_t DELIVERY_BOUND_NS = 2000000
+
+cdef tuple _KIND_OBJS = (
+    None,
+    ConstraintViolationType.TIMEOUT_EXCEEDED,
+    ConstraintViolationType.MEMORY_EXCEEDED,
+    ConstraintViolationType.CPU_EXCEEDED,
+    ConstraintViolationType.SAMPLED_OUT,
+)
+# Order in which limits are checked and therefore recorded (seed: timeout first).
+cdef int[3] _CHECK_ORDER = [1, 2, 3]
+cdef object _normalize = _config.normalize
+
+
+cdef inline int _ensure_watchdog() except -1:
+    if not fp_wd_running:
+        if fp_wd_start() != 0:
+            raise EnforcementFailure("fastpath: could not start the watchdog thread")
+    return 0
+
+
+# ------------------------------------------------------------------ constraints
+
+@cython.final
+@cython.freelist(8)
+cdef class ExecutionConstraints:
+    """Limits for one rule evaluation: immutable, hashable, picklable.
+
+    ExecutionConstraints(max_exec_ms, *, cpu_shares=None, memory_limit_bytes=None,
+                         sampling_rate=1.0, fail_closed_on_timeout=True,
+                         max_retries=None, retry_backoff_ms=None)
+    """
+
+    def __init__(self, max_exec_ms, *, cpu_shares=None, memory_limit_bytes=None,
+                 sampling_rate=1.0, fail_closed_on_timeout=True, max_retries=None,
+                 retry_backoff_ms=None):
+        if self._max_exec_ms:
+            raise AttributeError("ExecutionConstraints is immutable; use replace()")
+        self._assign(_normalize(max_exec_ms, cpu_shares, memory_limit_bytes, sampling_rate,
+                                fail_closed_on_timeout, max_retries, retry_backoff_ms))
+
+    cdef _assign(self, tuple values):
+        max_exec_ms, cpu_shares, memory_limit, rate, fail_closed, retries, backoff = values
+        self._max_exec_ms = max_exec_ms
+        self._max_exec_ns = (
+            max_exec_ms * 1000000 if max_exec_ms <= FP_INT64_MAX // 1000000 else FP_INT64_MAX
+        )
+        self._cpu_shares = -1 if cpu_shares is None else cpu_shares
+        if cpu_shares is None:
+            self._cpu_allowance_ns = -1
+        else:
+            self._cpu_allowance_ns = min(max_exec_ms * cpu_shares * 10000, FP_INT64_MAX)
+        self._memory_limit = -1 if memory_limit is None else memory_limit
+        self._sampling_rate = rate
+        if rate >= 1.0:
+            self._sample_mode = 1
+        elif rate <= 0.0:
+            self._sample_mode = 0
+        else:
+            self._sample_mode = 2
+            self._sample_threshold = <uint64_t>(rate * 18446744073709551616.0)
+        self._fail_closed = fail_closed
+        self._max_retries = -1 if retries is None else retries
+        self._retry_backoff_ms = -1 if backoff is None else backoff
+
+    cdef tuple _values(self):
+        return (
+            self._max_exec_ms,
+            None if self._cpu_shares < 0 else self._cpu_shares,
+            None if self._memory_limit < 0 else self._memory_limit,
+            self._sampling_rate,
+            self._fail_closed,
+            None if self._max_retries < 0 else self._max_retries,
+            None if self._retry_backoff_ms < 0 else self._retry_backoff_ms,
+        )
+
+    # -- read-only attributes --------------------------------------------------
+    @property
+    def max_exec_ms(self):
+        return self._max_exec_ms
+
+    @property
+    def cpu_shares(self):
+        return None if self._cpu_shares < 0 else self._cpu_shares
+
+    @property
+    def memory_limit_bytes(self):
+        return None if self._memory_limit < 0 else self._memory_limit
+
+    @property
+    def sampling_rate(self):
+        return self._sampling_rate
+
+    @property
+    def fail_closed_on_timeout(self):
+        return self._fail_closed
+
+    @property
+    def max_retries(self):
+        return None if self._max_retries < 0 else self._max_retries
+
+    @property
+    def retry_backoff_ms(self):
+        return None if self._retry_backoff_ms < 0 else self._retry_backoff_ms
+
+    @property
+    def cpu_allowance_ms(self):
+        """CPU time allowed per call (max_exec_ms * cpu_shares / 100), or None."""
+        return None if self._cpu_allowance_ns < 0 else self._cpu_allowance_ns / 1e6
+
+    # -- presets ---------------------------------------------------------------
+    @classmethod
+    def fast_rule(cls):
+        """5 ms, 10 CPU shares, 1 MB, fail closed."""
+        return _constraints_from(_config.fast_rule_args())
+
+    @classmethod
+    def semantic_rule(cls):
+        """100 ms, 50 CPU shares, 10 MB, fail open, 2 retries 10 ms apart."""
+        return _constraints_from(_config.semantic_rule_args())
+
+    @classmethod
+    def wasm_hook(cls, max_ms=10):
+        """max_ms, 20 CPU shares, 5 MB, fail closed."""
+        return _constraints_from(_config.wasm_hook_args(max_ms))
+
+    @classmethod
+    def observational(cls, sampling_rate=1.0):
+        """2 ms, 5 CPU shares, 512 KB, the given sampling rate, fail open."""
+        return _constraints_from(_config.observational_args(sampling_rate))
+
+    # -- value semantics -------------------------------------------------------
+    def __eq__(self, other):
+        if type(other) is not ExecutionConstraints:
+            return NotImplemented
+        return self._values() == (<ExecutionConstraints>other)._values()
+
+    def __hash__(self):
+        return hash(self._values())
+
+    def __repr__(self):
+        return _config.format_repr(self._values())
+
+    def __reduce__(self):
+        return (_restore_constraints, self._values())
+
+    def to_dict(self):
+        """The fields as a dict of JSON types (round-trips through from_dict)."""
+        return _config.as_dict(self._values())
+
+    @classmethod
+    def from_dict(cls, data):
+        """Build from a mapping such as to_dict() returns; unknown keys are errors."""
+        return ExecutionConstraints(**_config.kwargs_from_dict(data))
+
+    def replace(self, **changes):
+        """A validated copy with some fields changed."""
+        _config.check_replace_keys(changes)
+        fields = _config.as_dict(self._values())
+        fields.update(changes)
+        return ExecutionConstraints(**fields)
+
+    # -- hot path --------------------------------------------------------------
+    def should_sample(self):
+        """True with probability sampling_rate (exactly at 0.0 and 1.0)."""
+        return self.should_sample_c()
+
+    cdef bint should_sample_c(self) noexcept:
+        if self._sample_mode == 2:
+            return fp_rng_next() < self._sample_threshold
+        return self._sample_mode == 1
+
+    def create_budget(self):
+        """A started ExecutionBudget for these constraints."""
+        return self.create_budget_c()
+
+    cdef ExecutionBudget create_budget_c(self):
+        cdef ExecutionBudget budget
+        if not fp_wd_running:
+            _ensure_watchdog()
+        budget = ExecutionBudget.__new__(ExecutionBudget)
+        budget._constraints = self
+        budget._preempt = True
+        budget._start_ns = fp_now_ns()
+        budget._deadline_ns = fp_sat_add(budget._start_ns, self._max_exec_ns)
+        return budget
+
+
+cdef ExecutionConstraints _constraints_from(tuple values):
+    cdef ExecutionConstraints c = ExecutionConstraints.__new__(ExecutionConstraints)
+    c._assign(values)
+    return c
+
+
+def _restore_constraints(*values):
+    return _constraints_from(_normalize(*values))
+
+
+# ------------------------------------------------------------------------ stats
+
+@cython.final
+@cython.freelist(16)
+cdef class ExecutionStats:
+    """What one budget measured.  See the README's "What the figures mean"."""
+
+    def __init__(self, *, elapsed_ns, memory_used_bytes=0, cpu_time_us=0,
+                 cpu_time_measured=False, violations=()):
+        self.elapsed_ns = elapsed_ns
+        self.memory_used_bytes = memory_used_bytes
+        self.cpu_time_us = cpu_time_us
+        self.cpu_time_measured = cpu_time_measured
+        self.violations = tuple(ConstraintViolationType(v) for v in violations)
+
+    @property
+    def elapsed_ms(self):
+        return self.elapsed_ns / 1e6
+
+    @property
+    def violation_count(self):
+        return len(self.violations)
+
+    cdef tuple _values(self):
+        return (self.elapsed_ns, self.memory_used_bytes, self.cpu_time_us,
+                self.cpu_time_measured, self.violations)
+
+    def __eq__(self, other):
+        if type(other) is not ExecutionStats:
+            return NotImplemented
+        return self._values() == (<ExecutionStats>other)._values()
+
+    def __hash__(self):
+        return hash(self._values())
+
+    def __repr__(self):
+        return (
+            f"ExecutionStats(elapsed_ns={self.elapsed_ns}, "
+            f"memory_used_bytes={self.memory_used_bytes}, cpu_time_us={self.cpu_time_us}, "
+            f"cpu_time_measured={self.cpu_time_measured}, violations={self.violations!r})"
+        )
+
+    def __reduce__(self):
+        return (_restore_stats, self._values())
+
+
+def _restore_stats(elapsed_ns, memory_used_bytes, cpu_time_us, cpu_time_measured, violations):
+    return ExecutionStats(elapsed_ns=elapsed_ns, memory_used_bytes=memory_used_bytes,
+                          cpu_time_us=cpu_time_us, cpu_time_measured=cpu_time_measured,
+                          violations=violations)
+
+
+# ------------------------------------------------------------- per-call helper
+
+cdef inline int _finish_call(ExecutionBudget self, fp_slot *slot, uint64_t gen, int64_t fn_start,
+                             int64_t end, int64_t cpu_start) noexcept:
+    # Measure the call that just ended and return the mask of broken limits.
+    cdef ExecutionConstraints c = self._constraints
+    cdef int mask = 0
+    cdef int64_t wall = end - fn_start
+    cdef int64_t cpu_sample, wall_sample
+    self._stop_ns = end
+    if end >= self._deadline_ns:
+        mask |= 1 << FP_TIMEOUT
+    if c._memory_limit >= 0 and self._memory_used() > c._memory_limit:
+        mask |= 1 << FP_MEMORY
+    if cpu_start >= 0:
+        # cpu_shares=0 allows no CPU at all: every call was measured directly.
+        self._cpu_measured_ns += fp_thread_cpu_ns() - cpu_start
+        if self._cpu_measured_ns > c._cpu_allowance_ns:
+            mask |= 1 << FP_CPU
+    elif c._cpu_allowance_ns > 0 and wall <= c._cpu_allowance_ns:
+        # A thread cannot use more CPU than the wall time that passed: no
+        # clock read needed, the figure is that bound.
+        self._cpu_bound_ns += wall
+        self._cpu_unmeasured = True
+    elif c._cpu_allowance_ns >= 0 and fp_cpu_sample(slot, gen, &cpu_sample, &wall_sample):
+        self._cpu_measured_ns += fp_thread_cpu_ns() - cpu_sample
+        if self._cpu_measured_ns > c._cpu_allowance_ns:
+            mask |= 1 << FP_CPU
+    else:
+        self._cpu_bound_ns += wall
+        self._cpu_unmeasured = True
+    self._record_mask(mask)
+    return mask
+
+
+# ----------------------------------------------------------------------- budget
+
+@cython.final
+@cython.freelist(32)
+cdef class ExecutionBudget:
+    """The running limits of one evaluation; its clock starts when it is created.
+
+    Single-threaded: create it, use it and enforce with it on one thread.
+    """
+
+    def __init__(self, constraints, *, preempt=True):
+        if self._constraints is not None:
+            raise AttributeError("ExecutionBudget is already started")
+        if type(constraints) is not ExecutionConstraints:
+            raise InvalidConfiguration(
+                f"ExecutionBudget needs an ExecutionConstraints, got {type(constraints).__name__}"
+            )
+        if not isinstance(preempt, bool):
+            raise InvalidConfiguration(f"preempt must be a bool, got {preempt!r}")
+        _ensure_watchdog()
+        self._constraints = <ExecutionConstraints>constraints
+        self._preempt = preempt
+        self._start_ns = fp_now_ns()
+        self._deadline_ns = fp_sat_add(self._start_ns, self._constraints._max_exec_ns)
+
+    @property
+    def constraints(self):
+        return self._constraints
+
+    cdef int64_t _now_or_stop(self) noexcept:
+        return self._stop_ns if self._stop_ns else fp_now_ns()
+
+    def elapsed_ns(self):
+        """Nanoseconds since creation (frozen when an enforce() call returns)."""
+        return self._now_or_stop() - self._start_ns
+
+    def elapsed_ms(self):
+        return (self._now_or_stop() - self._start_ns) / 1e6
+
+    def remaining_ms(self):
+        """Milliseconds left before the deadline, never below 0.0."""
+        return self.remaining_ns_c() / 1e6
+
+    def is_timeout(self):
+        return self.is_timeout_c()
+
+    cdef bint is_timeout_c(self) noexcept:
+        return self._now_or_stop() >= self._deadline_ns
+
+    cdef int64_t remaining_ns_c(self) noexcept:
+        cdef int64_t left = self._deadline_ns - self._now_or_stop()
+        return left if left > 0 else 0
+
+    cdef void record_c(self, int kind) noexcept:
+        if not (self._violation_mask & (1 << kind)):
+            self._violation_mask |= 1 << kind
+            self._violation_order[self._violation_count] = <unsigned char>kind
+            self._violation_count += 1
+
+    cdef int64_t _memory_used(self) noexcept:
+        return self._memory_charged
+
+    cdef int check_c(self) except -1:
+        cdef int mask = 0
+        cdef int64_t now = self._now_or_stop()
+        cdef ExecutionConstraints c = self._constraints
+        if now >= self._deadline_ns:
+            mask |= 1 << FP_TIMEOUT
+        if c._memory_limit >= 0 and self._memory_used() > c._memory_limit:
+            mask |= 1 << FP_MEMORY
+        if c._cpu_allowance_ns >= 0 and self._cpu_total_now() > c._cpu_allowance_ns:
+            mask |= 1 << FP_CPU
+        self._record_mask(mask)
+        return mask
+
+    cdef void _record_mask(self, int mask) noexcept:
+        cdef int i
+        for i in range(3):
+            if mask & (1 << _CHECK_ORDER[i]):
+                self.record_c(_CHECK_ORDER[i])
+
+    cdef int64_t _cpu_total_now(self) noexcept:
+        # CPU already measured, plus -- while an enforce() of this budget runs on
+        # this thread -- what the thread used since the watchdog's sample.
+        cdef int64_t cpu_ns, wall_ns
+        cdef int64_t total = self._cpu_measured_ns
+        cdef fp_slot *slot = fp_slot_peek()
+        if self._gen and slot != NULL and fp_cpu_sample(slot, self._gen, &cpu_ns, &wall_ns):
+            total += fp_thread_cpu_ns() - cpu_ns
+        return total
+
+    def check(self):
+        """Record every limit violated now; raise ConstraintViolation if any is."""
+        cdef int mask = self.check_c()
+        if mask:
+            raise self._violation(mask, False, None)
+
+    def charge_memory(self, nbytes):
+        """Add memory the caller accounts for itself (e.g. a sandbox's memory)."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+            raise InvalidConfiguration(f"nbytes must be an int >= 0, got {nbytes!r}")
+        if nbytes < 0:
+            raise InvalidConfiguration(f"nbytes must be an int >= 0, got {nbytes!r}")
+        self._memory_charged = min(self._memory_charged + nbytes, FP_INT64_MAX)
+
+    def get_violations(self):
+        """The violation kinds recorded so far, in the order recorded."""
+        cdef int i
+        return [_KIND_OBJS[self._violation_order[i]] for i in range(self._violation_count)]
+
+    def stats(self):
+        """An ExecutionStats snapshot."""
+        return self._stats()
+
+    cdef ExecutionStats _stats(self):
+        cdef ExecutionStats st = ExecutionStats.__new__(ExecutionStats)
+        cdef int i
+        st.elapsed_ns = self._now_or_stop() - self._start_ns
+        st.memory_used_bytes = self._memory_used()
+        st.cpu_time_us = (self._cpu_measured_ns + self._cpu_bound_ns) // 1000
+        st.cpu_time_measured = not self._cpu_unmeasured
+        st.violations = tuple([_KIND_OBJS[self._violation_order[i]]
+                               for i in range(self._violation_count)])
+        return st
+
+    cdef object _violation(self, int mask, bint interrupted, object interruptible):
+        cdef int i
+        cdef list kinds = [_KIND_OBJS[self._violation_order[i]]
+                           for i in range(self._violation_count)
+                           if mask & (1 << self._violation_order[i])]
+        return ConstraintViolation(kinds, self._stats(), interrupted=interrupted,
+                                   interruptible=interruptible)
+
+    # -- the per-call path -----------------------------------------------------
+    def enforce(self, fn, /, *args, **kwargs):
+        """Run fn(*args, **kwargs) under this budget and return its value.
+
+        Raises ConstraintViolation (with .stats) when a limit was broken, whether
+        the call was interrupted or finished late.  fn's own exceptions propagate
+        unchanged.
+        """
+        return self.run_c(fn, args, kwargs, self._preempt)
+
+    cdef object run_c(self, object fn, tuple args, dict kwargs, bint preempt):
+        cdef ExecutionConstraints c = self._constraints
+        cdef fp_slot *slot
+        cdef fp_saved saved
+        cdef uint64_t gen, outer_gen
+        cdef int64_t fn_start, end, interrupt_at, cpu_limit, cpu_start
+        cdef int fired, mask
+        cdef object result
+
+        fn_start = fp_now_ns()
+        if fn_start >= self._deadline_ns:
+            # An expired budget does not run fn.
+            self._stop_ns = fn_start
+            self.record_c(FP_TIMEOUT)
+            raise self._violation(1 << FP_TIMEOUT, False, None)
+        slot = fp_slot_get()
+        if slot == NULL:
+            raise MemoryError("fastpath: no memory for the thread's enforcement slot")
+        if not preempt:
+            interrupt_at = FP_INT64_MAX
+        elif c._fail_closed:
+            interrupt_at = self._deadline_ns
+        else:
+            # Fail open: let a late call finish; stop only a runaway at 2x its budget.
+            interrupt_at = fp_sat_add(self._deadline_ns, c._max_exec_ns)
+        cpu_limit = c._cpu_allowance_ns
+        cpu_start = -1
+        if cpu_limit == 0:
+            cpu_limit = -1      # no CPU allowed at all: read the clock around the call
+            cpu_start = fp_thread_cpu_ns()
+        self._stop_ns = 0
+        outer_gen = self._gen
+        gen = fp_arm(slot, &saved, interrupt_at, FP_TIMEOUT, cpu_limit,
+                     preempt and c._fail_closed)
+        self._gen = gen
+        try:
+            result = fp_call(fn, args, kwargs)
+        except BaseException as exc:
+            fired = fp_disarm(slot, &saved, gen)
+            end = fp_now_ns()
+            self._gen = outer_gen
+            if fired:
+                # Drop an interrupt still pending for this call (GIL path).
+                PyThreadState_SetAsyncExc(slot.py_ident, NULL)
+            mask = _finish_call(self, slot, gen, fn_start, end, cpu_start)
+            if isinstance(exc, ExecutionInterrupted):
+                if not fired:
+                    raise       # meant for an enclosing enforce() on this thread
+                if slot.fire_kind and not (mask & (1 << slot.fire_kind)):
+                    self.record_c(slot.fire_kind)
+                    mask |= 1 << slot.fire_kind
+                raise self._violation(mask, True, end - slot.fire_ns <= DELIVERY_BOUND_NS)
+            raise
+        fired = fp_disarm(slot, &saved, gen)
+        end = fp_now_ns()
+        self._gen = outer_gen
+        if fired:
+            PyThreadState_SetAsyncExc(slot.py_ident, NULL)
+        mask = _finish_call(self, slot, gen, fn_start, end, cpu_start)
+        if mask:
+            raise self._violation(mask, False, False if fired else None)
+        return result
+
+
+# ------------------------------------------------------------- preemption setup
+
+def _preempt_signal_handler(signum, frame):
+    # Runs in the main thread at an eval-breaker check.  Raise only if the call
+    # the watchdog fired for is still the one armed: never a stray interrupt.
+    if fp_main_should_raise(fp_slot_peek()):
+        raise ExecutionInterrupted()
+
+
+def _install_preempt_signal():
+    spec = _os.environ.get("FASTPATH_PREEMPT_SIGNAL", "").strip().lower()
+    if spec in ("0", "off", "none", "no"):
+        return 0
+    if _threading.current_thread() is not _threading.main_thread():
+        return 0
+    if spec:
+        try:
+            signum = int(spec)
+        except ValueError:
+            raise InvalidConfiguration(
+                f"FASTPATH_PREEMPT_SIGNAL must be a signal number or 'off', got {spec!r}"
+            ) from None
+        if not 1 <= signum < _signal.NSIG:
+            raise InvalidConfiguration(
+                f"FASTPATH_PREEMPT_SIGNAL must be within 1..{_signal.NSIG - 1}, got {signum}"
+            )
+    else:
+        signum = int(_signal.SIGRTMAX) - 5
+    current = _signal.getsignal(signum)
+    if current is _preempt_signal_handler:
+        return signum
+    if current not in (_signal.SIG_DFL, None):
+        return 0        # the application owns that signal: use the GIL path
+    _signal.signal(signum, _preempt_signal_handler)
+    fp_set_main_thread(signum)
+    return signum
+
+
+def set_preemption(enabled):
+    """Enable or disable interrupting calls process-wide (limits are still reported)."""
+    global fp_preempt_enabled
+    if not isinstance(enabled, bool):
+        raise InvalidConfiguration(f"enabled must be a bool, got {enabled!r}")
+    fp_preempt_enabled = 1 if enabled else 0
+
+
+def preemption_info():
+    """How calls are interrupted in this process."""
+    return {
+        "enabled": bool(fp_preempt_enabled),
+        "main_thread": "signal" if fp_preempt_signal else "gil",
+        "signal": fp_preempt_signal or None,
+        "watchdog_running": bool(fp_wd_running),
+        "watchdog_tick_ns": FP_WD_TICK_NS,
+        "membarrier": bool(fp_wd_membarrier),
+        "ticks": fp_wd_ticks,
+        "interrupts_sent": fp_wd_fires,
+    }
+
+
+def _reseed_sampler(seed):
+    """Re-seed the calling thread's generator (0: fresh random seed)."""
+    fp_rng_reseed(seed)
+
+
+def _shutdown_watchdog():
+    fp_wd_shutdown()
+
+
+def _init_module():
+    global fp_interrupt_type, fp_preempt_enabled
+    fp_interrupt_type = <PyObject *>ExecutionInterrupted   # module keeps it alive
+    flag = _os.environ.get("FASTPATH_PREEMPT", "").strip().lower()
+    if flag in ("0", "off", "no", "false"):
+        fp_preempt_enabled = 0
+    elif flag not in ("", "1", "on", "yes", "true"):
+        raise InvalidConfiguration(f"FASTPATH_PREEMPT must be 0 or 1, got {flag!r}")
+    _install_preempt_signal()
+    _atexit.register(_shutdown_watchdog)
+
+
+_init_module()

@@ -1,0 +1,678 @@
+"""The pure-Python twin of the compiled core (``_budget.pyx``).
+
+Same public names and behaviour; it is the reference the benchmarks compare
+against and the implementation used where no compiler is available
+(``FASTPATH_NO_EXTENSIONS=1``).  Differences, all documented in the README:
+
+* CPU time is always read from the thread's CPU clock at the start and end of
+  a call (``cpu_time_measured`` is always True): simpler, and slower.
+* The watchdog is a Python thread: it needs the GIL to act, so an interrupt
+  lands up to ``sys.getswitchinterval()`` (5 ms by default) late in every
+  thread, the main thread included.  It sends one interrupt per call and does
+  not re-send one the call swallowed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import random
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+
+from . import _config
+from .errors import (
+    ConstraintViolation,
+    ConstraintViolationType,
+    ExecutionInterrupted,
+    InvalidConfiguration,
+)
+
+T = TypeVar("T")
+
+TIMEOUT, MEMORY, CPU = 1, 2, 3
+_KINDS = (
+    None,
+    ConstraintViolationType.TIMEOUT_EXCEEDED,
+    ConstraintViolationType.MEMORY_EXCEEDED,
+    ConstraintViolationType.CPU_EXCEEDED,
+)
+_CHECK_ORDER = (TIMEOUT, MEMORY, CPU)
+NEVER = sys.maxsize * 2 + 1  # > any monotonic ns reading
+DELIVERY_BOUND_NS = 2_000_000 + int(sys.getswitchinterval() * 1e9)
+WATCHDOG_TICK_S = 0.0005
+
+_now_ns = time.monotonic_ns
+_thread_cpu_ns = time.thread_time_ns
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+_set_async_exc.restype = ctypes.c_int
+_INTERRUPT = ctypes.py_object(ExecutionInterrupted)
+_CLEAR = ctypes.py_object()  # NULL: clears a pending asynchronous exception
+
+
+# ------------------------------------------------------------------ constraints
+
+
+class ExecutionConstraints:
+    """Limits for one rule evaluation: immutable, hashable, picklable."""
+
+    __slots__ = (
+        "_values",
+        "_max_exec_ns",
+        "_cpu_allowance_ns",
+        "_memory_limit",
+        "_always",
+        "_never",
+        "_rate",
+    )
+
+    _values: _config.Normalized
+    _max_exec_ns: int
+    _cpu_allowance_ns: Optional[int]
+    _memory_limit: Optional[int]
+    _always: bool
+    _never: bool
+    _rate: float
+
+    def __init__(
+        self,
+        max_exec_ms: int,
+        *,
+        cpu_shares: Optional[int] = None,
+        memory_limit_bytes: Optional[int] = None,
+        sampling_rate: float = 1.0,
+        fail_closed_on_timeout: bool = True,
+        max_retries: Optional[int] = None,
+        retry_backoff_ms: Optional[int] = None,
+    ) -> None:
+        if hasattr(self, "_values"):
+            raise AttributeError("ExecutionConstraints is immutable; use replace()")
+        self._assign(
+            _config.normalize(
+                max_exec_ms,
+                cpu_shares,
+                memory_limit_bytes,
+                sampling_rate,
+                fail_closed_on_timeout,
+                max_retries,
+                retry_backoff_ms,
+            )
+        )
+
+    def _assign(self, values: _config.Normalized) -> None:
+        max_exec_ms, cpu_shares, memory_limit, rate, _fail_closed, _r, _b = values
+        setter = object.__setattr__
+        setter(self, "_values", values)
+        setter(self, "_max_exec_ns", min(max_exec_ms * 1_000_000, _config.INT64_MAX))
+        setter(
+            self,
+            "_cpu_allowance_ns",
+            None if cpu_shares is None else min(max_exec_ms * cpu_shares * 10_000, _config.INT64_MAX),
+        )
+        setter(self, "_memory_limit", memory_limit)
+        setter(self, "_always", rate >= 1.0)
+        setter(self, "_never", rate <= 0.0)
+        setter(self, "_rate", rate)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"ExecutionConstraints is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"ExecutionConstraints is immutable: cannot delete {name!r}")
+
+    max_exec_ms = property(lambda self: self._values[0])
+    cpu_shares = property(lambda self: self._values[1])
+    memory_limit_bytes = property(lambda self: self._values[2])
+    sampling_rate = property(lambda self: self._values[3])
+    fail_closed_on_timeout = property(lambda self: self._values[4])
+    max_retries = property(lambda self: self._values[5])
+    retry_backoff_ms = property(lambda self: self._values[6])
+
+    @property
+    def cpu_allowance_ms(self) -> Optional[float]:
+        """CPU time allowed per call (max_exec_ms * cpu_shares / 100), or None."""
+        return None if self._cpu_allowance_ns is None else self._cpu_allowance_ns / 1e6
+
+    @classmethod
+    def _from(cls, values: _config.Normalized) -> "ExecutionConstraints":
+        self = object.__new__(cls)
+        self._assign(values)
+        return self
+
+    @classmethod
+    def fast_rule(cls) -> "ExecutionConstraints":
+        """5 ms, 10 CPU shares, 1 MB, fail closed."""
+        return cls._from(_config.fast_rule_args())
+
+    @classmethod
+    def semantic_rule(cls) -> "ExecutionConstraints":
+        """100 ms, 50 CPU shares, 10 MB, fail open, 2 retries 10 ms apart."""
+        return cls._from(_config.semantic_rule_args())
+
+    @classmethod
+    def wasm_hook(cls, max_ms: int = 10) -> "ExecutionConstraints":
+        """max_ms, 20 CPU shares, 5 MB, fail closed."""
+        return cls._from(_config.wasm_hook_args(max_ms))
+
+    @classmethod
+    def observational(cls, sampling_rate: float = 1.0) -> "ExecutionConstraints":
+        """2 ms, 5 CPU shares, 512 KB, the given sampling rate, fail open."""
+        return cls._from(_config.observational_args(sampling_rate))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ExecutionConstraints:
+            return NotImplemented
+        return self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(self._values)
+
+    def __repr__(self) -> str:
+        return _config.format_repr(self._values)
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (_restore_constraints, self._values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as a dict of JSON types (round-trips through from_dict)."""
+        return _config.as_dict(self._values)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ExecutionConstraints":
+        """Build from a mapping such as to_dict() returns; unknown keys are errors."""
+        return cls(**_config.kwargs_from_dict(data))
+
+    def replace(self, **changes: Any) -> "ExecutionConstraints":
+        """A validated copy with some fields changed."""
+        _config.check_replace_keys(changes)
+        fields = _config.as_dict(self._values)
+        fields.update(changes)
+        return ExecutionConstraints(**fields)
+
+    def should_sample(self) -> bool:
+        """True with probability sampling_rate (exactly at 0.0 and 1.0)."""
+        if self._always:
+            return True
+        if self._never:
+            return False
+        return _random() < self._rate
+
+    def create_budget(self) -> "ExecutionBudget":
+        """A started ExecutionBudget for these constraints."""
+        return ExecutionBudget(self)
+
+
+def _restore_constraints(*values: Any) -> ExecutionConstraints:
+    return ExecutionConstraints._from(_config.normalize(*values))
+
+
+_local = threading.local()
+
+
+def _random() -> float:
+    try:
+        return _local.rng.random()  # type: ignore[no-any-return]
+    except AttributeError:
+        _local.rng = random.Random()
+        return _local.rng.random()  # type: ignore[no-any-return]
+
+
+def _reseed_sampler(seed: int) -> None:
+    """Re-seed the calling thread's generator (0: fresh random seed)."""
+    _local.rng = random.Random(seed or None)
+
+
+# ------------------------------------------------------------------------ stats
+
+
+class ExecutionStats:
+    """What one budget measured.  See the README's "What the figures mean"."""
+
+    __slots__ = ("elapsed_ns", "memory_used_bytes", "cpu_time_us", "cpu_time_measured", "violations")
+
+    elapsed_ns: int
+    memory_used_bytes: int
+    cpu_time_us: int
+    cpu_time_measured: bool
+    violations: Tuple[ConstraintViolationType, ...]
+
+    def __init__(
+        self,
+        *,
+        elapsed_ns: int,
+        memory_used_bytes: int = 0,
+        cpu_time_us: int = 0,
+        cpu_time_measured: bool = False,
+        violations: Any = (),
+    ) -> None:
+        setter = object.__setattr__
+        setter(self, "elapsed_ns", elapsed_ns)
+        setter(self, "memory_used_bytes", memory_used_bytes)
+        setter(self, "cpu_time_us", cpu_time_us)
+        setter(self, "cpu_time_measured", cpu_time_measured)
+        setter(self, "violations", tuple(ConstraintViolationType(v) for v in violations))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"ExecutionStats is read-only: cannot set {name!r}")
+
+    @property
+    def elapsed_ms(self) -> float:
+        return self.elapsed_ns / 1e6
+
+    @property
+    def violation_count(self) -> int:
+        return len(self.violations)
+
+    def _values(self) -> Tuple[Any, ...]:
+        return (
+            self.elapsed_ns,
+            self.memory_used_bytes,
+            self.cpu_time_us,
+            self.cpu_time_measured,
+            self.violations,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ExecutionStats:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return (
+            f"ExecutionStats(elapsed_ns={self.elapsed_ns}, "
+            f"memory_used_bytes={self.memory_used_bytes}, cpu_time_us={self.cpu_time_us}, "
+            f"cpu_time_measured={self.cpu_time_measured}, violations={self.violations!r})"
+        )
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (_restore_stats, self._values())
+
+
+def _restore_stats(*values: Any) -> ExecutionStats:
+    elapsed_ns, memory, cpu_us, measured, violations = values
+    return ExecutionStats(
+        elapsed_ns=elapsed_ns,
+        memory_used_bytes=memory,
+        cpu_time_us=cpu_us,
+        cpu_time_measured=measured,
+        violations=violations,
+    )
+
+
+# ------------------------------------------------------------------ the watchdog
+
+
+class _Slot:
+    """One thread's armed state (the twin of fp_slot)."""
+
+    __slots__ = (
+        "armed_gen",
+        "interrupt_at",
+        "cpu_gen",
+        "cpu_limit",
+        "cpu_interrupt",
+        "cpu_sample_gen",
+        "cpu_sample",
+        "next_gen",
+        "fire_gen",
+        "fire_kind",
+        "fire_ns",
+        "ident",
+        "cpu_clock",
+        "__weakref__",
+    )
+
+    def __init__(self) -> None:
+        self.armed_gen = 0
+        self.interrupt_at = NEVER
+        self.cpu_gen = 0
+        self.cpu_limit = 0
+        self.cpu_interrupt = False
+        self.cpu_sample_gen = 0
+        self.cpu_sample = 0
+        self.next_gen = 0
+        self.fire_gen = 0
+        self.fire_kind = 0
+        self.fire_ns = 0
+        self.ident = threading.get_ident()
+        try:
+            self.cpu_clock: Optional[int] = time.pthread_getcpuclockid(self.ident)
+        except (AttributeError, OSError):  # pragma: no cover - non-Linux
+            self.cpu_clock = None
+
+
+_slots: "weakref.WeakSet[_Slot]" = weakref.WeakSet()
+_watchdog_lock = threading.Lock()
+_watchdog: Optional[threading.Thread] = None
+_watchdog_stop = threading.Event()
+_preempt_enabled = os.environ.get("FASTPATH_PREEMPT", "").strip().lower() not in (
+    "0",
+    "off",
+    "no",
+    "false",
+)
+_fires = 0
+
+
+def _slot() -> _Slot:
+    try:
+        return _local.slot  # type: ignore[no-any-return]
+    except AttributeError:
+        slot = _local.slot = _Slot()
+        _slots.add(slot)
+        return slot
+
+
+def _fire(slot: _Slot, gen: int, kind: int) -> None:
+    global _fires
+    slot.fire_kind = kind
+    slot.fire_ns = _now_ns()
+    slot.fire_gen = gen
+    # No call between the check and the injection: the owner cannot run (and
+    # disarm) in between, because the GIL is only handed over at a call or a
+    # backward jump.
+    if slot.armed_gen == gen or slot.cpu_gen == gen:
+        _set_async_exc(slot.ident, _INTERRUPT)
+        _fires += 1
+
+
+def _watchdog_main() -> None:
+    while not _watchdog_stop.wait(WATCHDOG_TICK_S):
+        now = _now_ns()
+        for slot in list(_slots):
+            gen = slot.armed_gen
+            cpu_gen = slot.cpu_gen
+            if cpu_gen and slot.cpu_clock is not None:
+                try:
+                    cpu = time.clock_gettime_ns(slot.cpu_clock)
+                except OSError:
+                    continue
+                if slot.cpu_sample_gen != cpu_gen:
+                    slot.cpu_sample, slot.cpu_sample_gen = cpu, cpu_gen
+                elif (
+                    slot.cpu_interrupt
+                    and cpu - slot.cpu_sample >= slot.cpu_limit
+                    and slot.fire_gen != cpu_gen
+                    and _preempt_enabled
+                ):
+                    _fire(slot, cpu_gen, CPU)
+                    continue
+            if gen and slot.interrupt_at <= now and slot.fire_gen != gen and _preempt_enabled:
+                _fire(slot, gen, TIMEOUT)
+
+
+def _ensure_watchdog() -> None:
+    global _watchdog
+    if _watchdog is not None and _watchdog.is_alive():
+        return
+    with _watchdog_lock:
+        if _watchdog is None or not _watchdog.is_alive():
+            _watchdog_stop.clear()
+            _watchdog = threading.Thread(target=_watchdog_main, name="fastpath-wd-py", daemon=True)
+            _watchdog.start()
+
+
+def _stop_watchdog() -> None:
+    _watchdog_stop.set()
+    if _watchdog is not None and _watchdog.is_alive():
+        _watchdog.join(timeout=1.0)
+
+
+def _after_fork_in_child() -> None:
+    global _watchdog, _watchdog_lock
+    _watchdog = None
+    _watchdog_lock = threading.Lock()
+    mine = getattr(_local, "slot", None)
+    for slot in list(_slots):
+        if slot is not mine:
+            _slots.discard(slot)
+    if mine is not None:
+        mine.ident = threading.get_ident()
+
+
+atexit.register(_stop_watchdog)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def set_preemption(enabled: bool) -> None:
+    """Enable or disable interrupting calls process-wide (limits are still reported)."""
+    global _preempt_enabled
+    if not isinstance(enabled, bool):
+        raise InvalidConfiguration(f"enabled must be a bool, got {enabled!r}")
+    _preempt_enabled = enabled
+
+
+def preemption_info() -> Dict[str, Any]:
+    """How calls are interrupted in this process."""
+    return {
+        "enabled": _preempt_enabled,
+        "main_thread": "gil",
+        "signal": None,
+        "watchdog_running": _watchdog is not None and _watchdog.is_alive(),
+        "watchdog_tick_ns": int(WATCHDOG_TICK_S * 1e9),
+        "membarrier": False,
+        "ticks": None,
+        "interrupts_sent": _fires,
+    }
+
+
+# ----------------------------------------------------------------------- budget
+
+
+class ExecutionBudget:
+    """The running limits of one evaluation; its clock starts when it is created.
+
+    Single-threaded: create it, use it and enforce with it on one thread.
+    """
+
+    __slots__ = (
+        "_constraints",
+        "_start_ns",
+        "_deadline_ns",
+        "_stop_ns",
+        "_memory_charged",
+        "_cpu_ns",
+        "_violations",
+        "_preempt",
+        "_gen",
+        "_cpu_start",
+    )
+
+    def __init__(self, constraints: ExecutionConstraints, *, preempt: bool = True) -> None:
+        if getattr(self, "_constraints", None) is not None:
+            raise AttributeError("ExecutionBudget is already started")
+        if type(constraints) is not ExecutionConstraints:
+            raise InvalidConfiguration(
+                f"ExecutionBudget needs an ExecutionConstraints, got {type(constraints).__name__}"
+            )
+        if not isinstance(preempt, bool):
+            raise InvalidConfiguration(f"preempt must be a bool, got {preempt!r}")
+        _ensure_watchdog()
+        self._constraints = constraints
+        self._preempt = preempt
+        self._stop_ns = 0
+        self._memory_charged = 0
+        self._cpu_ns = 0
+        self._violations: List[int] = []
+        self._gen = 0
+        self._cpu_start = 0
+        self._start_ns = _now_ns()
+        self._deadline_ns = self._start_ns + constraints._max_exec_ns
+
+    @property
+    def constraints(self) -> ExecutionConstraints:
+        return self._constraints
+
+    def _now_or_stop(self) -> int:
+        return self._stop_ns or _now_ns()
+
+    def elapsed_ns(self) -> int:
+        """Nanoseconds since creation (frozen when an enforce() call returns)."""
+        return self._now_or_stop() - self._start_ns
+
+    def elapsed_ms(self) -> float:
+        return (self._now_or_stop() - self._start_ns) / 1e6
+
+    def remaining_ms(self) -> float:
+        """Milliseconds left before the deadline, never below 0.0."""
+        return max(0, self._deadline_ns - self._now_or_stop()) / 1e6
+
+    def is_timeout(self) -> bool:
+        return self._now_or_stop() >= self._deadline_ns
+
+    def _record_mask(self, mask: int) -> None:
+        for kind in _CHECK_ORDER:
+            if mask & (1 << kind) and kind not in self._violations:
+                self._violations.append(kind)
+
+    def _cpu_total_now(self) -> int:
+        if self._gen:
+            return self._cpu_ns + _thread_cpu_ns() - self._cpu_start
+        return self._cpu_ns
+
+    def _limits_mask(self, now: int, cpu_ns: int) -> int:
+        c = self._constraints
+        mask = 0
+        if now >= self._deadline_ns:
+            mask |= 1 << TIMEOUT
+        if c._memory_limit is not None and self._memory_charged > c._memory_limit:
+            mask |= 1 << MEMORY
+        if c._cpu_allowance_ns is not None and cpu_ns > c._cpu_allowance_ns:
+            mask |= 1 << CPU
+        return mask
+
+    def check(self) -> None:
+        """Record every limit violated now; raise ConstraintViolation if any is."""
+        mask = self._limits_mask(self._now_or_stop(), self._cpu_total_now())
+        self._record_mask(mask)
+        if mask:
+            raise self._violation(mask, False, None)
+
+    def charge_memory(self, nbytes: int) -> None:
+        """Add memory the caller accounts for itself (e.g. a sandbox's memory)."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise InvalidConfiguration(f"nbytes must be an int >= 0, got {nbytes!r}")
+        self._memory_charged = min(self._memory_charged + nbytes, _config.INT64_MAX)
+
+    def get_violations(self) -> List[ConstraintViolationType]:
+        """The violation kinds recorded so far, in the order recorded."""
+        return [_KINDS[k] for k in self._violations]  # type: ignore[misc]
+
+    def stats(self) -> ExecutionStats:
+        """An ExecutionStats snapshot."""
+        return ExecutionStats(
+            elapsed_ns=self._now_or_stop() - self._start_ns,
+            memory_used_bytes=self._memory_charged,
+            cpu_time_us=self._cpu_total_now() // 1000,
+            cpu_time_measured=True,
+            violations=self._violations,
+        )
+
+    def _violation(
+        self, mask: int, interrupted: bool, interruptible: Optional[bool]
+    ) -> ConstraintViolation:
+        kinds = [_KINDS[k] for k in self._violations if mask & (1 << k)]
+        return ConstraintViolation(
+            kinds,  # type: ignore[arg-type]
+            self.stats(),
+            interrupted=interrupted,
+            interruptible=interruptible,
+        )
+
+    def enforce(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run fn(*args, **kwargs) under this budget and return its value.
+
+        Raises ConstraintViolation (with .stats) when a limit was broken, whether
+        the call was interrupted or finished late.  fn's own exceptions propagate
+        unchanged.
+        """
+        return self._run(fn, args, kwargs, self._preempt)
+
+    def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, preempt: bool) -> T:
+        c = self._constraints
+        fn_start = _now_ns()
+        if fn_start >= self._deadline_ns:
+            self._stop_ns = fn_start
+            self._record_mask(1 << TIMEOUT)
+            raise self._violation(1 << TIMEOUT, False, None)
+        slot = _slot()
+        fail_closed = c._values[4]
+        if not preempt:
+            interrupt_at = NEVER
+        elif fail_closed:
+            interrupt_at = self._deadline_ns
+        else:  # fail open: stop only a runaway, at twice its budget
+            interrupt_at = self._deadline_ns + c._max_exec_ns
+        saved = (slot.armed_gen, slot.interrupt_at, slot.cpu_gen, slot.cpu_limit, slot.cpu_interrupt)
+        slot.next_gen += 1
+        gen = slot.next_gen
+        if slot.armed_gen == 0 or interrupt_at < slot.interrupt_at:
+            slot.interrupt_at = interrupt_at
+            slot.armed_gen = gen
+        if c._cpu_allowance_ns is not None:
+            slot.cpu_limit = c._cpu_allowance_ns
+            slot.cpu_interrupt = preempt and fail_closed
+            slot.cpu_gen = gen
+        self._stop_ns = 0
+        outer = (self._gen, self._cpu_start)
+        self._gen = gen
+        self._cpu_start = _thread_cpu_ns()
+        fired = False
+        disarmed = False
+        try:
+            result = fn(*args, **kwargs)
+            fired = _disarm(slot, saved, gen)
+            disarmed = True
+        except BaseException as exc:
+            if not disarmed:
+                fired = _disarm(slot, saved, gen)
+            mask = self._finish(fn_start, outer)
+            if isinstance(exc, ExecutionInterrupted):
+                if not fired:
+                    raise  # meant for an enclosing enforce() on this thread
+                if slot.fire_kind and not mask & (1 << slot.fire_kind):
+                    self._record_mask(1 << slot.fire_kind)
+                    mask |= 1 << slot.fire_kind
+                late = (self._stop_ns - slot.fire_ns) > DELIVERY_BOUND_NS
+                raise self._violation(mask, True, not late)
+            raise
+        mask = self._finish(fn_start, outer)
+        if mask:
+            raise self._violation(mask, False, False if fired else None)
+        return result
+
+    def _finish(self, fn_start: int, outer: Tuple[int, int]) -> int:
+        end = _now_ns()
+        self._cpu_ns += _thread_cpu_ns() - self._cpu_start
+        self._gen, self._cpu_start = outer
+        self._stop_ns = end
+        mask = self._limits_mask(end, self._cpu_ns)
+        self._record_mask(mask)
+        return mask
+
+
+def _disarm(slot: _Slot, saved: Tuple[Any, ...], gen: int) -> bool:
+    (slot.armed_gen, slot.interrupt_at, cpu_gen, cpu_limit, cpu_interrupt) = saved
+    if slot.cpu_gen == gen:
+        slot.cpu_gen, slot.cpu_limit, slot.cpu_interrupt = cpu_gen, cpu_limit, cpu_interrupt
+    if slot.fire_gen == gen:
+        _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
+        return True
+    return False
+
+
+__all__ = [
+    "ExecutionBudget",
+    "ExecutionConstraints",
+    "ExecutionStats",
+    "preemption_info",
+    "set_preemption",
+]

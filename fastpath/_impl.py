@@ -1,0 +1,23 @@
+"""Choose the core: the compiled extension, or the pure-Python twin on request.
+
+``FASTPATH_NO_EXTENSIONS=1`` selects the twin explicitly.  Otherwise the
+compiled core is imported, and if it cannot be (a broken install), the import
+error propagates: fastpath never falls back silently.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+NO_EXTENSIONS = os.environ.get("FASTPATH_NO_EXTENSIONS", "").strip() not in ("", "0")
+
+core: ModuleType
+if NO_EXTENSIONS:
+    from . import _budget_py as core
+
+    IMPLEMENTATION = "python"
+else:
+    from . import _budget as core  # type: ignore[attr-defined, no-redef]
+
+    IMPLEMENTATION = "compiled"

@@ -1,0 +1,49 @@
+"""Build the compiled core.  A failed compile fails the install: there is no
+silent fallback to the pure-Python twin (set FASTPATH_NO_EXTENSIONS=1 at run
+time to choose the twin explicitly)."""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+# Directives live here, in one place.
+DIRECTIVES = {
+    "language_level": 3,
+    "embedsignature": True,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+}
+
+debug = os.environ.get("FASTPATH_DEBUG_BUILD") == "1"
+sanitize = os.environ.get("FASTPATH_SANITIZE") == "1"
+if debug:
+    DIRECTIVES.update(linetrace=True, boundscheck=True, wraparound=True)
+
+compile_args = ["-O2", "-Wall", "-Wno-unused-function", "-Wno-unused-variable"]
+link_args = []
+macros = []
+if debug:
+    compile_args = ["-O0", "-g", "-UNDEBUG"]
+    macros.append(("CYTHON_TRACE_NOGIL", "1"))
+if sanitize:
+    compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=undefined"]
+    link_args = ["-fsanitize=address,undefined"]
+
+extensions = [
+    Extension(
+        "fastpath._budget",
+        ["fastpath/_budget.pyx"],
+        include_dirs=["fastpath"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=macros,
+        depends=["fastpath/_fp_runtime.h", "fastpath/_budget.pxd"],
+    ),
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES,
+                            annotate=os.environ.get("FASTPATH_ANNOTATE") == "1"))

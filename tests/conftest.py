@@ -1,0 +1,52 @@
+"""One parametrised fixture runs the whole suite on both cores.
+
+``fp`` is a namespace with the public names bound to one core: the compiled
+extension ("compiled") or the pure-Python twin ("python").
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+import fastpath
+from fastpath import _budget_py, errors
+
+try:
+    from fastpath import _budget as _compiled
+except ImportError:  # pragma: no cover - reported by test_compiled_core_is_built
+    _compiled = None
+
+CORES = {"compiled": _compiled, "python": _budget_py}
+
+
+def make_namespace(kind: str) -> types.SimpleNamespace:
+    core = CORES[kind]
+    if core is None:
+        pytest.fail("the compiled core is not built: run `make test`")
+    ns = types.SimpleNamespace(kind=kind, core=core)
+    for name in ("ExecutionConstraints", "ExecutionBudget", "ExecutionStats",
+                 "set_preemption", "preemption_info", "_reseed_sampler"):
+        setattr(ns, name, getattr(core, name))
+    for name in errors.__all__ + ["ExecutionInterrupted"]:
+        setattr(ns, name, getattr(errors, name))
+    return ns
+
+
+@pytest.fixture(params=["compiled", "python"], scope="session")
+def fp(request: pytest.FixtureRequest) -> types.SimpleNamespace:
+    return make_namespace(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _preemption_stays_on():
+    yield
+    for core in CORES.values():
+        if core is not None:
+            core.set_preemption(True)
+
+
+def pytest_report_header(config):
+    return f"fastpath {fastpath.__version__}: default core {fastpath.IMPLEMENTATION}; python {sys.version.split()[0]}"

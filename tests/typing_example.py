@@ -1,0 +1,38 @@
+"""A usage example type-checked with `mypy --strict` (tests/test_packaging.py)."""
+
+from __future__ import annotations
+
+from fastpath import (
+    ConstraintViolation,
+    ConstraintViolationType,
+    ExecutionBudget,
+    ExecutionConstraints,
+    ExecutionStats,
+)
+
+
+def evaluate(header: str) -> bool:
+    return header.startswith("curl/")
+
+
+def run(header: str) -> bool:
+    constraints: ExecutionConstraints = ExecutionConstraints.fast_rule()
+    if not constraints.should_sample():
+        return False
+    budget: ExecutionBudget = constraints.create_budget()
+    try:
+        denied: bool = budget.enforce(evaluate, header)
+    except ConstraintViolation as exc:
+        kind: ConstraintViolationType = exc.kind
+        stats = exc.stats
+        if stats is not None:
+            print(kind.name, stats.elapsed_ms, stats.cpu_time_us)
+        return True
+    stats2: ExecutionStats = budget.stats()
+    remaining: float = budget.remaining_ms()
+    print(stats2.elapsed_ns, remaining, budget.is_timeout(), budget.get_violations())
+    return denied
+
+
+changed: ExecutionConstraints = ExecutionConstraints(5).replace(cpu_shares=20)
+restored: ExecutionConstraints = ExecutionConstraints.from_dict(changed.to_dict())
