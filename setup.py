@@ -15,6 +15,9 @@ DIRECTIVES = {
     "wraparound": False,
     "cdivision": True,
     "initializedcheck": False,
+    # Plain method descriptors (METH_NOARGS/METH_O), which CPython's call
+    # specialisation handles directly, instead of cyfunction objects.
+    "binding": False,
 }
 
 debug = os.environ.get("FASTPATH_DEBUG_BUILD") == "1"

@@ -4,6 +4,7 @@
 # and check a deadline with ``budget.is_timeout_c()`` -- a C call through the
 # vtable, no Python call, no allocation.  Field layout is part of this API.
 
+from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 
 
@@ -64,7 +65,9 @@ cdef class ExecutionBudget:
     # Record one violation kind (once per kind).
     cdef void record_c(self, int kind) noexcept
     # Run fn(*args, **kwargs) under the budget: the per-call path of enforce().
-    cdef object run_c(self, object fn, tuple args, dict kwargs, bint preempt)
+    # args/nargs/kwnames are a vectorcall argument vector (kwnames may be NULL).
+    cdef object run_c(self, object fn, PyObject **args, Py_ssize_t nargs, PyObject *kwnames,
+                      bint preempt)
 
     # -- private helpers of the per-call path --
     cdef int64_t _now_or_stop(self) noexcept

@@ -53,12 +53,17 @@ cdef extern from "_fp_runtime.h":
     void fp_set_main_thread(int signum) noexcept
     int fp_wd_start() noexcept
     void fp_wd_shutdown() noexcept
-    object fp_call(object fn, object args, object kwargs)
+    object fp_call_vec(object fn, PyObject **args, Py_ssize_t nargs, PyObject *kwnames)
+    ctypedef object (*fp_fastcall_fn)(object, PyObject **, Py_ssize_t, PyObject *)
+    int fp_install_fastcall(type tp, const char *name, fp_fastcall_fn fn, const char *doc) except -1
     PyObject *fp_interrupt_type
     int fp_preempt_enabled
     int fp_preempt_signal
     int fp_wd_running
     int fp_wd_membarrier
+    int fp_tsc_usable
+    int fp_tsc_ready
+    double fp_ns_per_tick
     uint64_t fp_wd_ticks
     uint64_t fp_wd_fires
 
@@ -266,6 +271,7 @@ def _restore_constraints(*values):
 # ------------------------------------------------------------------------ stats
 
 @cython.final
+@cython.no_gc      # holds only a tuple of enum members: no reference cycle possible
 @cython.freelist(16)
 cdef class ExecutionStats:
     """What one budget measured.  See the README's "What the figures mean"."""
@@ -346,13 +352,15 @@ cdef inline int _finish_call(ExecutionBudget self, fp_slot *slot, uint64_t gen, 
     else:
         self._cpu_bound_ns += wall
         self._cpu_unmeasured = True
-    self._record_mask(mask)
+    if mask:
+        self._record_mask(mask)
     return mask
 
 
 # ----------------------------------------------------------------------- budget
 
 @cython.final
+@cython.no_gc      # holds only its ExecutionConstraints, which holds no objects
 @cython.freelist(32)
 cdef class ExecutionBudget:
     """The running limits of one evaluation; its clock starts when it is created.
@@ -483,17 +491,9 @@ cdef class ExecutionBudget:
         return ConstraintViolation(kinds, self._stats(), interrupted=interrupted,
                                    interruptible=interruptible)
 
-    # -- the per-call path -----------------------------------------------------
-    def enforce(self, fn, /, *args, **kwargs):
-        """Run fn(*args, **kwargs) under this budget and return its value.
-
-        Raises ConstraintViolation (with .stats) when a limit was broken, whether
-        the call was interrupted or finished late.  fn's own exceptions propagate
-        unchanged.
-        """
-        return self.run_c(fn, args, kwargs, self._preempt)
-
-    cdef object run_c(self, object fn, tuple args, dict kwargs, bint preempt):
+    # -- the per-call path (enforce() is installed below as a fastcall method) --
+    cdef object run_c(self, object fn, PyObject **args, Py_ssize_t nargs, PyObject *kwnames,
+                      bint preempt):
         cdef ExecutionConstraints c = self._constraints
         cdef fp_slot *slot
         cdef fp_saved saved
@@ -529,7 +529,7 @@ cdef class ExecutionBudget:
                      preempt and c._fail_closed)
         self._gen = gen
         try:
-            result = fp_call(fn, args, kwargs)
+            result = fp_call_vec(fn, args, nargs, kwnames)
         except BaseException as exc:
             fired = fp_disarm(slot, &saved, gen)
             end = fp_now_ns()
@@ -555,6 +555,23 @@ cdef class ExecutionBudget:
         if mask:
             raise self._violation(mask, False, False if fired else None)
         return result
+
+
+cdef object _enforce_fastcall(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    if nargs < 1:
+        raise TypeError("enforce() missing required positional argument: 'fn'")
+    return (<ExecutionBudget>self).run_c(<object>args[0], args + 1, nargs - 1, kwnames,
+                                         (<ExecutionBudget>self)._preempt)
+
+
+cdef const char *_ENFORCE_DOC = (
+    "enforce($self, fn, /, *args, **kwargs)\n--\n\n"
+    "Run fn(*args, **kwargs) under this budget and return its value.\n\n"
+    "Raises ConstraintViolation (with .stats) when a limit was broken, whether\n"
+    "the call was interrupted or finished late.  fn's own exceptions propagate\n"
+    "unchanged."
+)
+fp_install_fastcall(ExecutionBudget, "enforce", _enforce_fastcall, _ENFORCE_DOC)
 
 
 # ------------------------------------------------------------- preemption setup
@@ -612,6 +629,7 @@ def preemption_info():
         "watchdog_running": bool(fp_wd_running),
         "watchdog_tick_ns": FP_WD_TICK_NS,
         "membarrier": bool(fp_wd_membarrier),
+        "clock": "tsc" if fp_tsc_ready else "CLOCK_MONOTONIC",
         "ticks": fp_wd_ticks,
         "interrupts_sent": fp_wd_fires,
     }
@@ -626,9 +644,23 @@ def _shutdown_watchdog():
     fp_wd_shutdown()
 
 
+def _kernel_clocksource():
+    try:
+        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _init_module():
-    global fp_interrupt_type, fp_preempt_enabled
+    global fp_interrupt_type, fp_preempt_enabled, fp_tsc_usable
     fp_interrupt_type = <PyObject *>ExecutionInterrupted   # module keeps it alive
+    # Read the TSC directly only where the kernel's own clock is the TSC;
+    # FASTPATH_CLOCK=monotonic forces the kernel clock.
+    clock = _os.environ.get("FASTPATH_CLOCK", "").strip().lower()
+    if clock not in ("", "tsc", "monotonic"):
+        raise InvalidConfiguration(f"FASTPATH_CLOCK must be 'tsc' or 'monotonic', got {clock!r}")
+    fp_tsc_usable = 1 if (clock != "monotonic" and _kernel_clocksource() == "tsc") else 0
     flag = _os.environ.get("FASTPATH_PREEMPT", "").strip().lower()
     if flag in ("0", "off", "no", "false"):
         fp_preempt_enabled = 0

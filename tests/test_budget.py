@@ -238,3 +238,15 @@ def test_budgets_do_not_leak_references(fp):
     for _ in range(1000):
         c.create_budget().enforce(fn)
     assert (sys.getrefcount(c), sys.getrefcount(fn)) == before
+
+
+def test_the_clock_agrees_with_time_monotonic(fp):
+    # The compiled core may read the TSC; over 200 ms it must agree with the
+    # kernel's CLOCK_MONOTONIC to well within 1 %.
+    time.sleep(0.06)  # let the watchdog publish its calibration
+    b = fp.ExecutionConstraints(10_000).create_budget()
+    t0 = time.monotonic_ns()
+    time.sleep(0.2)
+    ours = b.elapsed_ns()
+    theirs = time.monotonic_ns() - t0
+    assert abs(ours - theirs) < theirs * 0.01 + 200_000, (ours, theirs)
