@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._impl import IMPLEMENTATION, core
+from .enforcer import AuditEvent, ConstraintEnforcer, RuleType
 from .errors import (
     ConstraintError,
     ConstraintViolation,
@@ -39,6 +40,9 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
+    "AuditEvent",
+    "ConstraintEnforcer",
+    "RuleType",
     "ConstraintError",
     "ConstraintViolation",
     "ConstraintViolationType",

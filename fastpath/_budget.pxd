@@ -55,6 +55,7 @@ cdef class ExecutionBudget:
     cdef unsigned char _violation_order[4]     # kinds in recorded order; no allocation
     cdef bint _preempt                         # may the watchdog interrupt calls of this budget
     cdef uint64_t _gen                         # generation of the enforce() running it; 0: none
+    cdef bint _raised                          # the last run_c raised this budget's own violation
 
     # True once the wall-clock deadline has passed; a clock read, nothing else.
     cdef bint is_timeout_c(self) noexcept
@@ -76,3 +77,33 @@ cdef class ExecutionBudget:
     cdef int64_t _cpu_total_now(self) noexcept
     cdef ExecutionStats _stats(self)
     cdef object _violation(self, int mask, bint interrupted, object interruptible)
+
+
+cdef class _RuleState:
+    # One rule type's profile and counters inside an enforcer (exact: updated
+    # with the GIL held, never across the rule's own code).
+    cdef readonly object key           # the RuleType member
+    cdef readonly ExecutionConstraints constraints  # its profile
+    cdef readonly object fallback      # returned when fail-open or sampled out
+    cdef bint preempt                  # may calls of this rule type be interrupted
+    cdef int64_t backoff_ns            # delay between transient retries
+    cdef int64_t max_attempts          # 1 + max_retries
+    cdef uint64_t calls                # every call
+    cdef uint64_t executed             # calls that ran fn (not sampled out)
+    cdef uint64_t sampled_out          # calls skipped by sampling
+    cdef uint64_t fail_open            # violated calls that returned the fallback
+    cdef uint64_t fail_closed          # violated calls that raised ConstraintViolation
+    cdef uint64_t errors               # calls that ended with fn's own exception
+    cdef uint64_t retries              # transient-error retries started
+    cdef uint64_t violations[6]        # per ConstraintViolationType value
+
+
+cdef class _EnforcerCore:
+    cdef tuple _rules                  # four _RuleState, in RuleType order
+    cdef tuple _transient              # exception classes retried as transient
+    cdef object _sleep                 # time.sleep
+
+    # The pipeline of one call: sampling, budget, run, retries, policy.
+    cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
+                          Py_ssize_t nargs, PyObject *kwnames)
+    cdef _RuleState _rule_for(self, object rule_type)

@@ -509,11 +509,13 @@ cdef class ExecutionBudget:
         cdef int fired, mask
         cdef object result
 
+        self._raised = False
         fn_start = fp_now_ns()
         if fn_start >= self._deadline_ns:
             # An expired budget does not run fn.
             self._stop_ns = fn_start
             self.record_c(FP_TIMEOUT)
+            self._raised = True
             raise self._violation(1 << FP_TIMEOUT, False, None)
         slot = fp_slot_get()
         if slot == NULL:
@@ -551,6 +553,7 @@ cdef class ExecutionBudget:
                 if slot.fire_kind and not (mask & (1 << slot.fire_kind)):
                     self.record_c(slot.fire_kind)
                     mask |= 1 << slot.fire_kind
+                self._raised = True
                 raise self._violation(mask, True, _stopped_in_time(
                     end, interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns))
             raise
@@ -561,6 +564,7 @@ cdef class ExecutionBudget:
             PyThreadState_SetAsyncExc(slot.py_ident, NULL)
         mask = _finish_call(self, slot, gen, fn_start, end, cpu_start)
         if mask:
+            self._raised = True
             raise self._violation(mask, False, False if fired else None)
         return result
 
@@ -580,6 +584,142 @@ cdef const char *_ENFORCE_DOC = (
     "unchanged."
 )
 fp_install_fastcall(ExecutionBudget, "enforce", _enforce_fastcall, _ENFORCE_DOC)
+
+
+# ------------------------------------------------------------------ the enforcer
+
+cdef int _SAMPLED_OUT = 4
+
+
+@cython.final
+cdef class _RuleState:
+    """One rule type's profile and counters (see ConstraintEnforcer)."""
+
+    def __init__(self, key, ExecutionConstraints constraints, fallback, bint preempt):
+        self.key = key
+        self.constraints = constraints
+        self.fallback = fallback
+        self.preempt = preempt
+        self.max_attempts = 1 + (constraints._max_retries if constraints._max_retries > 0 else 0)
+        self.backoff_ns = (constraints._retry_backoff_ms * 1000000
+                           if constraints._retry_backoff_ms > 0 else 0)
+
+    def counters(self):
+        """A snapshot: (calls, executed, sampled_out, fail_open, fail_closed, errors,
+        retries, {violation kind value: count})."""
+        cdef int k
+        return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
+                self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+
+    def reset(self):
+        cdef int k
+        self.calls = self.executed = self.sampled_out = 0
+        self.fail_open = self.fail_closed = self.errors = self.retries = 0
+        for k in range(6):
+            self.violations[k] = 0
+
+
+cdef class _EnforcerCore:
+    """The per-call pipeline of ConstraintEnforcer (fastpath/enforcer.py).
+
+    execute_with_constraints(rule_type, fn, /, *args, **kwargs) is installed
+    below as a fastcall method; everything that is not per-call (validation,
+    audit events, metrics) lives in the Python subclass.
+    """
+
+    def _core_setup(self, tuple rules, tuple transient, sleep):
+        for rule in rules:
+            if type(rule) is not _RuleState:
+                raise TypeError("rules must be _RuleState objects")
+        self._rules = rules
+        self._transient = transient
+        self._sleep = sleep
+
+    def _rule_state(self, rule_type):
+        return self._rule_for(rule_type)
+
+    cdef _RuleState _rule_for(self, object rule_type):
+        cdef _RuleState rule
+        for rule in self._rules:
+            if rule.key is rule_type:
+                return rule
+        raise InvalidConfiguration(f"rule_type must be a RuleType, got {rule_type!r}")
+
+    def _audit(self, rule_type, rule_id, fn, violation, outcome):
+        pass    # ConstraintEnforcer emits the audit event
+
+    cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
+                          Py_ssize_t nargs, PyObject *kwnames):
+        cdef ExecutionConstraints c = rule.constraints
+        cdef ExecutionBudget budget
+        cdef int64_t attempt = 1
+        cdef object result
+        cdef int i
+        rule.calls += 1
+        if not c.should_sample_c():
+            rule.sampled_out += 1
+            rule.violations[_SAMPLED_OUT] += 1
+            return rule.fallback
+        rule.executed += 1
+        budget = c.create_budget_c()
+        while True:
+            try:
+                result = budget.run_c(fn, args, nargs, kwnames, rule.preempt)
+            except BaseException as exc:
+                if budget._raised:
+                    # This budget's own violation: count it, audit it, apply the policy.
+                    for i in range(budget._violation_count):
+                        rule.violations[budget._violation_order[i]] += 1
+                    if c._fail_closed:
+                        rule.fail_closed += 1
+                        self._audit(rule.key, rule_id, fn, exc, "deny")
+                        raise
+                    rule.fail_open += 1
+                    self._audit(rule.key, rule_id, fn, exc, "fallback")
+                    return rule.fallback
+                if (attempt < rule.max_attempts and isinstance(exc, self._transient)
+                        and budget.remaining_ns_c() >= rule.backoff_ns):
+                    # Transient: retry inside the same budget, if it can cover the delay.
+                    attempt += 1
+                    rule.retries += 1
+                    if rule.backoff_ns:
+                        self._sleep(rule.backoff_ns / 1e9)
+                    continue
+                rule.errors += 1
+                if budget._violation_count:
+                    # Late and then failed: fn's exception propagates, the
+                    # violation is still counted and audited.
+                    for i in range(budget._violation_count):
+                        rule.violations[budget._violation_order[i]] += 1
+                    self._audit(rule.key, rule_id, fn,
+                                budget._violation(-1, False, None), "error")
+                raise
+            return result
+
+
+cdef object _execute_fastcall(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    if nargs < 2:
+        raise TypeError("execute_with_constraints() needs rule_type and fn")
+    cdef _EnforcerCore core = <_EnforcerCore>self
+    return core._pipeline(core._rule_for(<object>args[0]), None, <object>args[1], args + 2,
+                          nargs - 2, kwnames)
+
+
+cdef object _execute_as_fastcall(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    if nargs < 3:
+        raise TypeError("_execute_as() needs rule_type, rule_id and fn")
+    cdef _EnforcerCore core = <_EnforcerCore>self
+    return core._pipeline(core._rule_for(<object>args[0]), <object>args[1], <object>args[2],
+                          args + 3, nargs - 3, kwnames)
+
+
+fp_install_fastcall(_EnforcerCore, "execute_with_constraints", _execute_fastcall,
+                    "execute_with_constraints($self, rule_type, fn, /, *args, **kwargs)\n--\n\n"
+                    "Run fn under the rule type's constraints: sampling, budget, transient\n"
+                    "retries, then the failure policy (see ConstraintEnforcer).")
+fp_install_fastcall(_EnforcerCore, "_execute_as", _execute_as_fastcall,
+                    "_execute_as($self, rule_type, rule_id, fn, /, *args, **kwargs)\n--\n\n"
+                    "execute_with_constraints with a rule id for audit events.")
 
 
 # ------------------------------------------------------------- preemption setup

@@ -484,6 +484,7 @@ class ExecutionBudget:
         "_preempt",
         "_gen",
         "_cpu_start",
+        "_raised",
     )
 
     def __init__(self, constraints: ExecutionConstraints, *, preempt: bool = True) -> None:
@@ -504,6 +505,7 @@ class ExecutionBudget:
         self._violations: List[int] = []
         self._gen = 0
         self._cpu_start = 0
+        self._raised = False
         self._start_ns = _now_ns()
         self._deadline_ns = self._start_ns + constraints._max_exec_ns
 
@@ -598,10 +600,12 @@ class ExecutionBudget:
 
     def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, preempt: bool) -> T:
         c = self._constraints
+        self._raised = False
         fn_start = _now_ns()
         if fn_start >= self._deadline_ns:
             self._stop_ns = fn_start
             self._record_mask(1 << TIMEOUT)
+            self._raised = True
             raise self._violation(1 << TIMEOUT, False, None)
         slot = _slot()
         fail_closed = c._values[4]
@@ -642,10 +646,12 @@ class ExecutionBudget:
                     self._record_mask(1 << slot.fire_kind)
                     mask |= 1 << slot.fire_kind
                 due = interrupt_at if slot.fire_kind == TIMEOUT else slot.fire_ns
+                self._raised = True
                 raise self._violation(mask, True, _stopped_in_time(self._stop_ns, due))
             raise
         mask = self._finish(fn_start, outer)
         if mask:
+            self._raised = True
             raise self._violation(mask, False, False if fired else None)
         return result
 
@@ -657,6 +663,126 @@ class ExecutionBudget:
         mask = self._limits_mask(end, self._cpu_ns)
         self._record_mask(mask)
         return mask
+
+
+# ------------------------------------------------------------------ the enforcer
+
+_SAMPLED_OUT = 4
+
+
+class _RuleState:
+    """One rule type's profile and counters (see ConstraintEnforcer)."""
+
+    __slots__ = (
+        "key", "constraints", "fallback", "preempt", "max_attempts", "backoff_s",
+        "calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors", "retries",
+        "violations",
+    )
+
+    def __init__(self, key: Any, constraints: ExecutionConstraints, fallback: Any,
+                 preempt: bool) -> None:
+        self.key = key
+        self.constraints = constraints
+        self.fallback = fallback
+        self.preempt = preempt
+        self.max_attempts = 1 + (constraints.max_retries or 0)
+        self.backoff_s = (constraints.retry_backoff_ms or 0) / 1000
+        self.reset()
+
+    def counters(self) -> Tuple[int, int, int, int, int, int, int, Dict[int, int]]:
+        return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
+                self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+
+    def reset(self) -> None:
+        self.calls = self.executed = self.sampled_out = 0
+        self.fail_open = self.fail_closed = self.errors = self.retries = 0
+        self.violations = [0] * 6
+
+
+class _EnforcerCore:
+    """The per-call pipeline of ConstraintEnforcer (twin of the compiled one).
+
+    Counters are updated under a lock, which is never held while fn runs.
+    """
+
+    _rules: Tuple[_RuleState, ...]
+    _transient: Tuple[type, ...]
+    _sleep: Callable[[float], None]
+
+    def _core_setup(self, rules: Tuple[_RuleState, ...], transient: Tuple[type, ...],
+                    sleep: Callable[[float], None]) -> None:
+        self._rules = rules
+        self._transient = transient
+        self._sleep = sleep
+        self._counter_lock = threading.Lock()
+
+    def _rule_state(self, rule_type: Any) -> _RuleState:
+        for rule in self._rules:
+            if rule.key is rule_type:
+                return rule
+        raise InvalidConfiguration(f"rule_type must be a RuleType, got {rule_type!r}")
+
+    def _audit(self, rule_type: Any, rule_id: Any, fn: Any, violation: Any, outcome: str) -> None:
+        pass  # ConstraintEnforcer emits the audit event
+
+    def execute_with_constraints(self, rule_type: Any, fn: Callable[..., T], /, *args: Any,
+                                 **kwargs: Any) -> Any:
+        """Run fn under the rule type's constraints: sampling, budget, transient
+        retries, then the failure policy (see ConstraintEnforcer)."""
+        return self._pipeline(self._rule_state(rule_type), None, fn, args, kwargs)
+
+    def _execute_as(self, rule_type: Any, rule_id: Any, fn: Callable[..., T], /, *args: Any,
+                    **kwargs: Any) -> Any:
+        """execute_with_constraints with a rule id for audit events."""
+        return self._pipeline(self._rule_state(rule_type), rule_id, fn, args, kwargs)
+
+    def _pipeline(self, rule: _RuleState, rule_id: Any, fn: Callable[..., T], args: Any,
+                  kwargs: Any) -> Any:
+        c = rule.constraints
+        sampled = c.should_sample()
+        with self._counter_lock:
+            rule.calls += 1
+            if not sampled:
+                rule.sampled_out += 1
+                rule.violations[_SAMPLED_OUT] += 1
+            else:
+                rule.executed += 1
+        if not sampled:
+            return rule.fallback
+        budget = c.create_budget()
+        attempt = 1
+        while True:
+            try:
+                return budget._run(fn, args, kwargs, rule.preempt)
+            except BaseException as exc:
+                if budget._raised:
+                    with self._counter_lock:
+                        for kind in budget._violations:
+                            rule.violations[kind] += 1
+                        if c.fail_closed_on_timeout:
+                            rule.fail_closed += 1
+                        else:
+                            rule.fail_open += 1
+                    if c.fail_closed_on_timeout:
+                        self._audit(rule.key, rule_id, fn, exc, "deny")
+                        raise
+                    self._audit(rule.key, rule_id, fn, exc, "fallback")
+                    return rule.fallback
+                if (attempt < rule.max_attempts and isinstance(exc, self._transient)
+                        and budget.remaining_ms() / 1000 >= rule.backoff_s):
+                    attempt += 1
+                    with self._counter_lock:
+                        rule.retries += 1
+                    if rule.backoff_s:
+                        self._sleep(rule.backoff_s)
+                    continue
+                with self._counter_lock:
+                    rule.errors += 1
+                    for kind in budget._violations:
+                        rule.violations[kind] += 1
+                if budget._violations:
+                    self._audit(rule.key, rule_id, fn, budget._violation(-1, False, None), "error")
+                raise
 
 
 def _stopped_in_time(end: int, due: int) -> bool:

@@ -38,6 +38,12 @@ class ConstraintViolationType(enum.IntEnum):
     def __repr__(self) -> str:
         return f"{type(self).__name__}.{self.name}"
 
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
+
 
 class ConstraintError(Exception):
     """Base class of every error fastpath raises."""

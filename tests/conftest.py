@@ -12,7 +12,7 @@ import types
 import pytest
 
 import fastpath
-from fastpath import _budget_py, errors
+from fastpath import _budget_py, enforcer, errors
 
 try:
     from fastpath import _budget as _compiled
@@ -32,6 +32,9 @@ def make_namespace(kind: str) -> types.SimpleNamespace:
         setattr(ns, name, getattr(core, name))
     for name in errors.__all__ + ["ExecutionInterrupted"]:
         setattr(ns, name, getattr(errors, name))
+    ns.ConstraintEnforcer = enforcer._bind_enforcer(core)
+    ns.RuleType = enforcer.RuleType
+    ns.AuditEvent = enforcer.AuditEvent
     return ns
 
 
