@@ -24,6 +24,7 @@ from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfigu
 __all__ = ["AuditEvent", "ConstraintEnforcer", "RuleType"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+E = TypeVar("E", bound="_EnforcerAPI")
 
 audit_logger = logging.getLogger("fastpath.audit")
 _logger = logging.getLogger("fastpath")
@@ -136,13 +137,13 @@ class _EnforcerAPI:
 
     @classmethod
     def with_constraints(
-        cls,
+        cls: Type[E],
         fast: Any,
         semantic: Any,
         wasm_hook: Any,
         observational: Any,
         **kwargs: Any,
-    ) -> "ConstraintEnforcer":
+    ) -> E:
         """An enforcer with four custom profiles (keywords as for the constructor)."""
         given = {RuleType.FAST: fast, RuleType.SEMANTIC: semantic,
                  RuleType.WASM_HOOK: wasm_hook, RuleType.OBSERVATIONAL: observational}

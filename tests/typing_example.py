@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fastpath import (
+    ConstraintEnforcer,
     ConstraintViolation,
     ConstraintViolationType,
     ExecutionBudget,
     ExecutionConstraints,
     ExecutionStats,
+    RuleType,
 )
 
 
@@ -36,3 +38,21 @@ def run(header: str) -> bool:
 
 changed: ExecutionConstraints = ExecutionConstraints(5).replace(cpu_shares=20)
 restored: ExecutionConstraints = ExecutionConstraints.from_dict(changed.to_dict())
+
+
+enforcer = ConstraintEnforcer(fallbacks={RuleType.SEMANTIC: False})
+custom: ConstraintEnforcer = ConstraintEnforcer.with_constraints(
+    ExecutionConstraints.fast_rule(),
+    ExecutionConstraints.semantic_rule(),
+    ExecutionConstraints.wasm_hook(20),
+    ExecutionConstraints.observational(0.1),
+)
+verdict = enforcer.execute_with_constraints(RuleType.FAST, evaluate, "curl/8")
+
+
+@enforcer.constrained(RuleType.FAST, rule_id="deny-curl")
+def deny_curl(header: str) -> bool:
+    return header.startswith("curl/")
+
+
+decided: bool = deny_curl("curl/8")
