@@ -18,6 +18,7 @@ from .errors import (
     InvalidConfiguration,
     ResourceExhausted,
 )
+from .retry import BackoffStrategy, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
+    "BackoffStrategy",
     "ConstraintError",
     "ConstraintViolation",
     "ConstraintViolationType",
@@ -49,6 +51,7 @@ __all__ = [
     "ExecutionStats",
     "InvalidConfiguration",
     "ResourceExhausted",
+    "RetryPolicy",
     "__version__",
     "preemption_info",
     "set_preemption",
