@@ -37,18 +37,8 @@ import numbers
 import operator
 import random
 import time
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    Dict,
-    NoReturn,
-    Optional,
-    ParamSpec,
-    Tuple,
-    Type,
-    TypeVar,
-)
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
 
@@ -120,16 +110,16 @@ class RetryPolicy:
     _backoff_ms: int
     _strategy: BackoffStrategy
     _jitter: float
-    _jitter_rng: Optional[RandomFn]
-    _max_delay_ms: Optional[int]
-    _retry_on: Tuple[Type[Exception], ...]
-    _retry_if: Optional[Predicate]
+    _jitter_rng: RandomFn | None
+    _max_delay_ms: int | None
+    _retry_on: tuple[type[Exception], ...]
+    _retry_if: Predicate | None
     _sleep: SleepFn
 
     def __init__(self, max_attempts: int, backoff_ms: int) -> None:
         if hasattr(self, "_max_attempts"):
             raise AttributeError("RetryPolicy is immutable; use its with_*() methods")
-        values: Dict[str, Any] = {
+        values: dict[str, Any] = {
             "_max_attempts": _max_attempts(max_attempts),
             "_backoff_ms": _ms("backoff_ms", backoff_ms),
             "_strategy": BackoffStrategy.FIXED,
@@ -151,7 +141,7 @@ class RetryPolicy:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"RetryPolicy is immutable: cannot delete {name!r}")
 
-    def _values(self) -> Tuple[Any, ...]:
+    def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in _SLOTS)
 
     def __eq__(self, other: object) -> bool:
@@ -182,10 +172,10 @@ class RetryPolicy:
         ]
         return f"RetryPolicy({', '.join(parts)})"
 
-    def __reduce__(self) -> Tuple[Any, ...]:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_restore, self._values())
 
-    def _evolve(self, **changes: Any) -> "RetryPolicy":
+    def _evolve(self, **changes: Any) -> RetryPolicy:
         new = object.__new__(RetryPolicy)
         for name in _SLOTS:
             object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
@@ -214,22 +204,22 @@ class RetryPolicy:
         return self._jitter
 
     @property
-    def jitter_rng(self) -> Optional[RandomFn]:
+    def jitter_rng(self) -> RandomFn | None:
         """The uniform [0, 1) source of the jitter, or None for ``random.random``."""
         return self._jitter_rng
 
     @property
-    def max_delay_ms(self) -> Optional[int]:
+    def max_delay_ms(self) -> int | None:
         """The cap on every delay (applied after jitter), or None."""
         return self._max_delay_ms
 
     @property
-    def retry_on(self) -> Tuple[Type[Exception], ...]:
+    def retry_on(self) -> tuple[type[Exception], ...]:
         """The exception classes that are retried."""
         return self._retry_on
 
     @property
-    def retry_if(self) -> Optional[Predicate]:
+    def retry_if(self) -> Predicate | None:
         """The predicate a retried exception must also satisfy, or None."""
         return self._retry_if
 
@@ -240,17 +230,17 @@ class RetryPolicy:
 
     # ------------------------------------------------------------------- builders
 
-    def with_exponential_backoff(self) -> "RetryPolicy":
+    def with_exponential_backoff(self) -> RetryPolicy:
         """A copy whose delay doubles with every retry: ``backoff_ms * 2**(k-1)``."""
         return self._evolve(_strategy=BackoffStrategy.EXPONENTIAL)
 
-    def with_fixed_backoff(self) -> "RetryPolicy":
+    def with_fixed_backoff(self) -> RetryPolicy:
         """A copy that waits ``backoff_ms`` before every retry."""
         return self._evolve(_strategy=BackoffStrategy.FIXED)
 
     def with_jitter(
-        self, fraction: float = 0.5, *, rng: Optional[RandomFn] = None
-    ) -> "RetryPolicy":
+        self, fraction: float = 0.5, *, rng: RandomFn | None = None
+    ) -> RetryPolicy:
         """A copy whose delays are scaled by ``1 - fraction * u``, ``u`` uniform in [0, 1).
 
         Each delay lands in ``(delay * (1 - fraction), delay]``: ``0.5`` is
@@ -272,11 +262,11 @@ class RetryPolicy:
             raise InvalidConfiguration(f"rng must be a callable or None, got {rng!r}")
         return self._evolve(_jitter=value, _jitter_rng=rng)
 
-    def with_max_delay(self, ms: Optional[int]) -> "RetryPolicy":
+    def with_max_delay(self, ms: int | None) -> RetryPolicy:
         """A copy whose every delay is at most ``ms`` milliseconds (None: no cap)."""
         return self._evolve(_max_delay_ms=None if ms is None else _ms("max_delay_ms", ms))
 
-    def with_retry_on(self, *exc_types: Type[Exception]) -> "RetryPolicy":
+    def with_retry_on(self, *exc_types: type[Exception]) -> RetryPolicy:
         """A copy that retries only instances of these ``Exception`` subclasses.
 
         A class that is not an ``Exception`` subclass (``BaseException``,
@@ -302,7 +292,7 @@ class RetryPolicy:
                 )
         return self._evolve(_retry_on=tuple(exc_types))
 
-    def with_retry_if(self, predicate: Predicate) -> "RetryPolicy":
+    def with_retry_if(self, predicate: Predicate) -> RetryPolicy:
         """A copy that retries an exception only if ``predicate(exc)`` is true.
 
         The predicate is consulted after ``retry_on`` matched.  It runs in the
@@ -313,7 +303,7 @@ class RetryPolicy:
             raise InvalidConfiguration(f"retry_if must be a callable, got {predicate!r}")
         return self._evolve(_retry_if=predicate)
 
-    def with_sleep(self, sleep: SleepFn) -> "RetryPolicy":
+    def with_sleep(self, sleep: SleepFn) -> RetryPolicy:
         """A copy that waits with ``sleep(seconds)`` instead of ``time.sleep``."""
         if not callable(sleep):
             raise InvalidConfiguration(f"sleep must be a callable, got {sleep!r}")
@@ -345,7 +335,7 @@ class RetryPolicy:
         delay: float = self._base_delay(k)
         if self._jitter:
             draw = (self._jitter_rng or random.random)()
-            draw = 0.0 if draw < 0.0 else 1.0 if draw > 1.0 else draw
+            draw = min(max(draw, 0.0), 1.0)
             delay = delay * (1.0 - self._jitter * draw)
         cap = self._max_delay_ms
         if cap is not None and delay > cap:
@@ -364,7 +354,7 @@ class RetryPolicy:
         """
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - retry_on filters it
             failure = exc
         # Outside the except block: the next attempts' exceptions get no
         # __context__ from this one.
@@ -375,7 +365,7 @@ class RetryPolicy:
 
     def execute_within(
         self,
-        budget: "ExecutionBudget",
+        budget: ExecutionBudget,
         fn: Callable[P, T],
         /,
         *args: P.args,
@@ -403,7 +393,7 @@ class RetryPolicy:
             _raise_timed_out(budget)
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - retry_on filters it
             failure = exc
         try:
             return self._retry(failure, fn, args, kwargs, budget)
@@ -414,9 +404,9 @@ class RetryPolicy:
         self,
         exc: Exception,
         fn: Callable[..., T],
-        args: Tuple[Any, ...],
-        kwargs: Dict[str, Any],
-        budget: Optional["ExecutionBudget"],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        budget: ExecutionBudget | None,
     ) -> T:
         """The slow path: attempt 1 failed with ``exc``."""
         retry_on = self._retry_on
@@ -451,7 +441,7 @@ class RetryPolicy:
                 attempt += 1
                 try:
                     return fn(*args, **kwargs)
-                except Exception as failure:
+                except Exception as failure:  # noqa: BLE001 - retry_on filters it
                     exc = failure
         finally:
             del exc  # no frame -> exception -> traceback -> frame cycle
@@ -462,7 +452,7 @@ def _give_up(exc: Exception, why: str) -> NoReturn:
     raise exc
 
 
-def _raise_timed_out(budget: "ExecutionBudget") -> NoReturn:
+def _raise_timed_out(budget: ExecutionBudget) -> NoReturn:
     budget.check()  # raises ConstraintViolation(TIMEOUT_EXCEEDED, stats)
     # Only reached with a budget whose check() disagrees with is_timeout().
     raise ConstraintViolation(
@@ -491,7 +481,7 @@ def _name(obj: Any) -> str:
 
 
 def _max_attempts(value: Any) -> int:
-    if isinstance(value, bool) or isinstance(value, (float, str, bytes, complex)):
+    if isinstance(value, (bool, float, str, bytes, complex)):
         raise InvalidConfiguration(f"max_attempts must be an int >= 1, got {value!r}")
     try:
         number = operator.index(value)
@@ -504,7 +494,7 @@ def _max_attempts(value: Any) -> int:
 
 def _ms(name: str, value: Any) -> int:
     message = f"{name} must be an int in 0..2**53, got {value!r}"
-    if isinstance(value, bool) or isinstance(value, (float, str, bytes, complex)):
+    if isinstance(value, (bool, float, str, bytes, complex)):
         raise InvalidConfiguration(message)
     try:
         number = operator.index(value)
