@@ -347,10 +347,10 @@ class RetryPolicy:
     def execute(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)``, retrying as the policy says; return its value.
 
-        After the last attempt (or when the exception is not one to retry) the
-        exception is re-raised: the same object, traceback kept.  When the
-        policy gave up, it carries the note
-        ``"fastpath.RetryPolicy: gave up after N attempts"``.
+        An exception that is not retried (see ``retry_on`` and ``retry_if``)
+        propagates at once, unchanged.  After the last attempt the last
+        exception is re-raised -- the same object, its traceback kept -- with
+        the note ``"fastpath.RetryPolicy: gave up after N attempts"``.
         """
         try:
             return fn(*args, **kwargs)
@@ -455,9 +455,9 @@ def _give_up(exc: Exception, why: str) -> NoReturn:
 def _raise_timed_out(budget: ExecutionBudget) -> NoReturn:
     budget.check()  # raises ConstraintViolation(TIMEOUT_EXCEEDED, stats)
     # Only reached with a budget whose check() disagrees with is_timeout().
-    raise ConstraintViolation(
+    raise ConstraintViolation(  # pragma: no cover
         [ConstraintViolationType.TIMEOUT_EXCEEDED], budget.stats()
-    )  # pragma: no cover
+    )
 
 
 def _attempts(n: int) -> str:
