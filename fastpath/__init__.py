@@ -19,6 +19,7 @@ from .errors import (
     InvalidConfiguration,
     ResourceExhausted,
 )
+from .retry import BackoffStrategy, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ else:
 __all__ = [
     "IMPLEMENTATION",
     "AuditEvent",
+    "BackoffStrategy",
     "ConstraintEnforcer",
     "RuleType",
     "ConstraintError",
@@ -53,6 +55,7 @@ __all__ = [
     "ExecutionStats",
     "InvalidConfiguration",
     "ResourceExhausted",
+    "RetryPolicy",
     "__version__",
     "preemption_info",
     "set_preemption",
