@@ -34,6 +34,8 @@ cdef class ExecutionConstraints:
 cdef class ExecutionStats:
     cdef readonly int64_t elapsed_ns           # wall time of the budget (frozen when enforce returns)
     cdef readonly int64_t memory_used_bytes    # what the memory limit is checked against
+    cdef readonly int64_t memory_allocated_bytes  # gross bytes the calls allocated
+    cdef readonly int64_t memory_peak_bytes    # highest live bytes the calls had allocated
     cdef readonly int64_t cpu_time_us          # CPU time; a wall-time bound unless cpu_time_measured
     cdef readonly bint cpu_time_measured       # True: cpu_time_us is a CPU-clock reading
     cdef readonly tuple violations             # ConstraintViolationType values, in recorded order
@@ -47,6 +49,10 @@ cdef class ExecutionBudget:
     cdef int64_t _deadline_ns                  # _start_ns + max_exec_ns (saturated)
     cdef int64_t _stop_ns                      # when the last enforce() returned; 0: running
     cdef int64_t _memory_charged               # bytes added with charge_memory()
+    cdef int64_t _mem_gross                    # bytes its calls allocated (freed or not)
+    cdef int64_t _mem_net                      # of those, bytes alive when the last call ended
+    cdef int64_t _mem_peak                     # highest live bytes during its calls
+    cdef int64_t _mem_refused                  # live bytes + the allocation the cap refused; 0: none
     cdef int64_t _cpu_measured_ns              # CPU time read from the thread's CPU clock
     cdef int64_t _cpu_bound_ns                 # wall time of calls too short to reach the CPU allowance
     cdef bint _cpu_unmeasured                  # some part of _cpu_* is a wall-time bound

@@ -26,14 +26,26 @@ cdef extern from "Python.h":
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
 
 cdef extern from "_fp_runtime.h":
+    ctypedef struct fp_mem_session:
+        int active
+        int64_t gross
+        int64_t net
+        int64_t peak
+        int64_t refused
+        uint64_t owner_gen
+    ctypedef struct fp_mem:
+        fp_mem_session s
+        uint64_t trip_gen
+        int overflow
     ctypedef struct fp_slot:
         uint64_t fire_gen
         int fire_kind
         int64_t fire_ns
         unsigned long py_ident
         int is_main
+        fp_mem mem
     ctypedef struct fp_saved:
-        pass
+        fp_mem_session mem
     int64_t FP_INT64_MAX
     int FP_TIMEOUT
     int FP_MEMORY
@@ -54,7 +66,14 @@ cdef extern from "_fp_runtime.h":
     void fp_set_main_thread(int signum) noexcept
     int fp_wd_start() noexcept
     void fp_wd_shutdown() noexcept
-    object fp_call_vec(object fn, PyObject **args, Py_ssize_t nargs, PyObject *kwnames)
+    object fp_run_call(fp_slot *s, fp_saved *sv, int mem_on, fp_mem_session *mem_out, object fn,
+                       PyObject **args, Py_ssize_t nargs, PyObject *kwnames)
+    fp_mem *fp_tls_mem
+    void fp_mem_install() noexcept
+    void fp_mem_ensure() noexcept
+    void fp_mem_arm(fp_mem *m, fp_mem_session *saved, uint64_t gen, int64_t limit,
+                    int64_t charged, int enforce_cap) noexcept
+    void fp_mem_charge(fp_mem *m, uint64_t gen, int64_t nbytes) noexcept
     ctypedef object (*fp_fastcall_fn)(object, PyObject **, Py_ssize_t, PyObject *)
     int fp_install_fastcall(type tp, const char *name, fp_fastcall_fn fn, const char *doc) except -1
     PyObject *fp_interrupt_type
@@ -284,9 +303,12 @@ cdef class ExecutionStats:
     """What one budget measured.  See the README's "What the figures mean"."""
 
     def __init__(self, *, elapsed_ns, memory_used_bytes=0, cpu_time_us=0,
-                 cpu_time_measured=False, violations=()):
+                 cpu_time_measured=False, violations=(), memory_allocated_bytes=0,
+                 memory_peak_bytes=0):
         self.elapsed_ns = elapsed_ns
         self.memory_used_bytes = memory_used_bytes
+        self.memory_allocated_bytes = memory_allocated_bytes
+        self.memory_peak_bytes = memory_peak_bytes
         self.cpu_time_us = cpu_time_us
         self.cpu_time_measured = cpu_time_measured
         self.violations = tuple(ConstraintViolationType(v) for v in violations)
@@ -301,7 +323,8 @@ cdef class ExecutionStats:
 
     cdef tuple _values(self):
         return (self.elapsed_ns, self.memory_used_bytes, self.cpu_time_us,
-                self.cpu_time_measured, self.violations)
+                self.cpu_time_measured, self.violations, self.memory_allocated_bytes,
+                self.memory_peak_bytes)
 
     def __eq__(self, other):
         if type(other) is not ExecutionStats:
@@ -315,29 +338,47 @@ cdef class ExecutionStats:
         return (
             f"ExecutionStats(elapsed_ns={self.elapsed_ns}, "
             f"memory_used_bytes={self.memory_used_bytes}, cpu_time_us={self.cpu_time_us}, "
-            f"cpu_time_measured={self.cpu_time_measured}, violations={self.violations!r})"
+            f"cpu_time_measured={self.cpu_time_measured}, violations={self.violations!r}, "
+            f"memory_allocated_bytes={self.memory_allocated_bytes}, "
+            f"memory_peak_bytes={self.memory_peak_bytes})"
         )
 
     def __reduce__(self):
         return (_restore_stats, self._values())
 
 
-def _restore_stats(elapsed_ns, memory_used_bytes, cpu_time_us, cpu_time_measured, violations):
+def _restore_stats(elapsed_ns, memory_used_bytes, cpu_time_us, cpu_time_measured, violations,
+                   memory_allocated_bytes=0, memory_peak_bytes=0):
     return ExecutionStats(elapsed_ns=elapsed_ns, memory_used_bytes=memory_used_bytes,
                           cpu_time_us=cpu_time_us, cpu_time_measured=cpu_time_measured,
-                          violations=violations)
+                          violations=violations, memory_allocated_bytes=memory_allocated_bytes,
+                          memory_peak_bytes=memory_peak_bytes)
 
 
 # ------------------------------------------------------------- per-call helper
 
-cdef inline int _finish_call(ExecutionBudget self, fp_slot *slot, uint64_t gen, int64_t fn_start,
-                             int64_t end, int64_t cpu_start) noexcept:
-    # Measure the call that just ended and return the mask of broken limits.
+cdef inline int _end_call(ExecutionBudget self, fp_slot *slot, fp_saved *saved, uint64_t gen,
+                          uint64_t outer_gen, int64_t fn_start, int64_t cpu_start, bint mem_on,
+                          fp_mem_session *mem_out, int *fired) noexcept:
+    # Disarm, measure the call that just ended, return the mask of broken limits.
     cdef ExecutionConstraints c = self._constraints
     cdef int mask = 0
-    cdef int64_t wall = end - fn_start
-    cdef int64_t cpu_sample, wall_sample
+    cdef int64_t end, wall, cpu_sample, wall_sample
+    fired[0] = fp_disarm(slot, saved, gen)
+    end = fp_now_ns()
+    self._gen = outer_gen
+    if fired[0]:
+        # Drop an interrupt still pending for this call (GIL path).
+        PyThreadState_SetAsyncExc(slot.py_ident, NULL)
+    if mem_on:
+        if self._mem_net + mem_out.peak > self._mem_peak:
+            self._mem_peak = self._mem_net + mem_out.peak
+        if mem_out.refused and self._mem_net + mem_out.refused > self._mem_refused:
+            self._mem_refused = self._mem_net + mem_out.refused
+        self._mem_gross += mem_out.gross
+        self._mem_net += mem_out.net
     self._stop_ns = end
+    wall = end - fn_start
     if end >= self._deadline_ns:
         mask |= 1 << FP_TIMEOUT
     if c._memory_limit >= 0 and self._memory_used() > c._memory_limit:
@@ -425,7 +466,16 @@ cdef class ExecutionBudget:
             self._violation_count += 1
 
     cdef int64_t _memory_used(self) noexcept:
-        return self._memory_charged
+        # Peak live bytes of its calls (or what the cap refused), plus charges;
+        # while one of its calls runs on this thread, that call's live figures.
+        cdef int64_t used = self._mem_peak if self._mem_peak > self._mem_refused else self._mem_refused
+        cdef int64_t live
+        cdef fp_mem *m = fp_tls_mem
+        if self._gen and m != NULL and m.s.active and m.s.owner_gen == self._gen:
+            live = self._mem_net + (m.s.peak if m.s.peak > m.s.refused else m.s.refused)
+            if live > used:
+                used = live
+        return fp_sat_add(used, self._memory_charged)
 
     cdef int check_c(self) except -1:
         cdef int mask = 0
@@ -469,6 +519,8 @@ cdef class ExecutionBudget:
         if nbytes < 0:
             raise InvalidConfiguration(f"nbytes must be an int >= 0, got {nbytes!r}")
         self._memory_charged = min(self._memory_charged + nbytes, FP_INT64_MAX)
+        if self._gen:
+            fp_mem_charge(fp_tls_mem, self._gen, min(nbytes, FP_INT64_MAX))
 
     def get_violations(self):
         """The violation kinds recorded so far, in the order recorded."""
@@ -484,6 +536,8 @@ cdef class ExecutionBudget:
         cdef int i
         st.elapsed_ns = self._now_or_stop() - self._start_ns
         st.memory_used_bytes = self._memory_used()
+        st.memory_allocated_bytes = self._mem_gross
+        st.memory_peak_bytes = self._mem_peak
         st.cpu_time_us = (self._cpu_measured_ns + self._cpu_bound_ns) // 1000
         st.cpu_time_measured = not self._cpu_unmeasured
         st.violations = tuple([_KIND_OBJS[self._violation_order[i]]
@@ -504,9 +558,12 @@ cdef class ExecutionBudget:
         cdef ExecutionConstraints c = self._constraints
         cdef fp_slot *slot
         cdef fp_saved saved
+        cdef fp_mem_session mem_out
         cdef uint64_t gen, outer_gen
-        cdef int64_t fn_start, end, interrupt_at, cpu_limit, cpu_start
-        cdef int fired, mask
+        cdef int64_t fn_start, interrupt_at, cpu_limit, cpu_start
+        cdef int fired = 0, mask
+        cdef bint stop_it = preempt and c._fail_closed
+        cdef bint mem_on = c._memory_limit >= 0
         cdef object result
 
         self._raised = False
@@ -534,19 +591,17 @@ cdef class ExecutionBudget:
             cpu_start = fp_thread_cpu_ns()
         self._stop_ns = 0
         outer_gen = self._gen
-        gen = fp_arm(slot, &saved, interrupt_at, FP_TIMEOUT, cpu_limit,
-                     preempt and c._fail_closed)
+        gen = fp_arm(slot, &saved, interrupt_at, FP_TIMEOUT, cpu_limit, stop_it)
         self._gen = gen
+        if mem_on:
+            fp_mem_ensure()     # re-wraps allocators someone restored underneath us
+            fp_mem_arm(&slot.mem, &saved.mem, gen, c._memory_limit, self._memory_charged,
+                       stop_it and fp_preempt_enabled)
         try:
-            result = fp_call_vec(fn, args, nargs, kwnames)
+            result = fp_run_call(slot, &saved, mem_on, &mem_out, fn, args, nargs, kwnames)
         except BaseException as exc:
-            fired = fp_disarm(slot, &saved, gen)
-            end = fp_now_ns()
-            self._gen = outer_gen
-            if fired:
-                # Drop an interrupt still pending for this call (GIL path).
-                PyThreadState_SetAsyncExc(slot.py_ident, NULL)
-            mask = _finish_call(self, slot, gen, fn_start, end, cpu_start)
+            mask = _end_call(self, slot, &saved, gen, outer_gen, fn_start, cpu_start, mem_on,
+                             &mem_out, &fired)
             if isinstance(exc, ExecutionInterrupted):
                 if not fired:
                     raise       # meant for an enclosing enforce() on this thread
@@ -555,17 +610,23 @@ cdef class ExecutionBudget:
                     mask |= 1 << slot.fire_kind
                 self._raised = True
                 raise self._violation(mask, True, _stopped_in_time(
-                    end, interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns))
+                    self._stop_ns, interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns))
+            if mem_on and slot.mem.trip_gen == gen and isinstance(exc, MemoryError):
+                # The cap refused an allocation: a MEMORY_EXCEEDED violation,
+                # not fn's own error.
+                if not (mask & (1 << FP_MEMORY)):
+                    self.record_c(FP_MEMORY)
+                    mask |= 1 << FP_MEMORY
+                self._raised = True
+                raise self._violation(mask, True, True)
             raise
-        fired = fp_disarm(slot, &saved, gen)
-        end = fp_now_ns()
-        self._gen = outer_gen
-        if fired:
-            PyThreadState_SetAsyncExc(slot.py_ident, NULL)
-        mask = _finish_call(self, slot, gen, fn_start, end, cpu_start)
+        mask = _end_call(self, slot, &saved, gen, outer_gen, fn_start, cpu_start, mem_on,
+                         &mem_out, &fired)
         if mask:
             self._raised = True
-            raise self._violation(mask, False, False if fired else None)
+            raise self._violation(
+                mask, False,
+                False if (fired or (mem_on and slot.mem.trip_gen == gen)) else None)
         return result
 
 
@@ -815,6 +876,7 @@ def _init_module():
     elif flag not in ("", "1", "on", "yes", "true"):
         raise InvalidConfiguration(f"FASTPATH_PREEMPT must be 0 or 1, got {flag!r}")
     _install_preempt_signal()
+    fp_mem_install()
     _atexit.register(_shutdown_watchdog)
 
 

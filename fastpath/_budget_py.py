@@ -6,6 +6,9 @@ against and the implementation used where no compiler is available
 
 * CPU time is always read from the thread's CPU clock at the start and end of
   a call (``cpu_time_measured`` is always True): simpler, and slower.
+* No automatic memory accounting: Python code cannot hook the allocator, so
+  only ``charge_memory()`` counts (``memory_allocated_bytes`` and
+  ``memory_peak_bytes`` are 0) and the memory cap is checked on return.
 * The watchdog is a Python thread: it needs the GIL to act, so an interrupt
   lands up to ``sys.getswitchinterval()`` (5 ms by default) late in every
   thread, the main thread included.  It sends one interrupt per call and does
@@ -233,10 +236,13 @@ def _reseed_sampler(seed: int) -> None:
 class ExecutionStats:
     """What one budget measured.  See the README's "What the figures mean"."""
 
-    __slots__ = ("elapsed_ns", "memory_used_bytes", "cpu_time_us", "cpu_time_measured", "violations")
+    __slots__ = ("elapsed_ns", "memory_used_bytes", "cpu_time_us", "cpu_time_measured", "violations",
+                 "memory_allocated_bytes", "memory_peak_bytes")
 
     elapsed_ns: int
     memory_used_bytes: int
+    memory_allocated_bytes: int
+    memory_peak_bytes: int
     cpu_time_us: int
     cpu_time_measured: bool
     violations: Tuple[ConstraintViolationType, ...]
@@ -249,10 +255,14 @@ class ExecutionStats:
         cpu_time_us: int = 0,
         cpu_time_measured: bool = False,
         violations: Any = (),
+        memory_allocated_bytes: int = 0,
+        memory_peak_bytes: int = 0,
     ) -> None:
         setter = object.__setattr__
         setter(self, "elapsed_ns", elapsed_ns)
         setter(self, "memory_used_bytes", memory_used_bytes)
+        setter(self, "memory_allocated_bytes", memory_allocated_bytes)
+        setter(self, "memory_peak_bytes", memory_peak_bytes)
         setter(self, "cpu_time_us", cpu_time_us)
         setter(self, "cpu_time_measured", cpu_time_measured)
         setter(self, "violations", tuple(ConstraintViolationType(v) for v in violations))
@@ -275,6 +285,8 @@ class ExecutionStats:
             self.cpu_time_us,
             self.cpu_time_measured,
             self.violations,
+            self.memory_allocated_bytes,
+            self.memory_peak_bytes,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -289,7 +301,9 @@ class ExecutionStats:
         return (
             f"ExecutionStats(elapsed_ns={self.elapsed_ns}, "
             f"memory_used_bytes={self.memory_used_bytes}, cpu_time_us={self.cpu_time_us}, "
-            f"cpu_time_measured={self.cpu_time_measured}, violations={self.violations!r})"
+            f"cpu_time_measured={self.cpu_time_measured}, violations={self.violations!r}, "
+            f"memory_allocated_bytes={self.memory_allocated_bytes}, "
+            f"memory_peak_bytes={self.memory_peak_bytes})"
         )
 
     def __reduce__(self) -> Tuple[Any, ...]:
@@ -297,13 +311,15 @@ class ExecutionStats:
 
 
 def _restore_stats(*values: Any) -> ExecutionStats:
-    elapsed_ns, memory, cpu_us, measured, violations = values
+    elapsed_ns, memory, cpu_us, measured, violations, allocated, peak = values
     return ExecutionStats(
         elapsed_ns=elapsed_ns,
         memory_used_bytes=memory,
         cpu_time_us=cpu_us,
         cpu_time_measured=measured,
         violations=violations,
+        memory_allocated_bytes=allocated,
+        memory_peak_bytes=peak,
     )
 
 

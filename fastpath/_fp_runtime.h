@@ -48,18 +48,12 @@
 #define FP_IS_FINALIZING() _Py_IsFinalizing()
 #endif
 
+#include "_fp_memhook.h"
+
 /* Violation kinds: the values of fastpath.errors.ConstraintViolationType. */
 #define FP_TIMEOUT 1
 #define FP_MEMORY 2
 #define FP_CPU 3
-
-/* fn(*args, **kwargs) straight from a vectorcall argument vector: no tuple,
- * no dict is built for the arguments on the per-call path. */
-static inline PyObject *fp_call_vec(PyObject *fn, PyObject **args, Py_ssize_t nargs,
-                                    PyObject *kwnames)
-{
-    return PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
-}
 
 typedef PyObject *(*fp_fastcall_fn)(PyObject *, PyObject **, Py_ssize_t, PyObject *);
 
@@ -274,6 +268,8 @@ typedef struct fp_slot {
     /* -- watchdog private -- */
     uint64_t wd_seen_seq;
     int64_t wd_refire_at_ns;
+    /* -- memory accounting, owner only (see _fp_memhook.h) -- */
+    fp_mem mem;
     struct fp_slot *next;
 } fp_slot;
 
@@ -289,9 +285,10 @@ typedef struct {
     uint64_t cpu_sample_gen;
     int64_t cpu_sample_ns;
     int64_t cpu_sample_wall_ns;
+    fp_mem_session mem;       /* the enclosing memory session */
 } fp_saved;
 
-static __thread fp_slot *fp_tls_slot = NULL;
+static __thread fp_slot *fp_tls_slot __attribute__((tls_model("initial-exec"))) = NULL;
 static pthread_mutex_t fp_registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static fp_slot *fp_registry = NULL;
 static pthread_key_t fp_slot_key;
@@ -303,6 +300,8 @@ static int fp_preempt_signal = 0;     /* 0 = main thread served through the GIL 
 static void fp_slot_release(void *p)
 {
     fp_slot *s = (fp_slot *)p;
+    fp_tls_mem = NULL;
+    fp_tls_slot = NULL;
     pthread_mutex_lock(&fp_registry_lock);
     s->in_use = 0;
     s->has_cpu_clock = 0;
@@ -340,6 +339,9 @@ static fp_slot *fp_slot_create(void)
     s->cpu_gen = 0;
     s->fire_gen = 0;
     s->delivered = 0;
+    s->mem.s.active = 0;
+    s->mem.tripped = 0;
+    s->mem.trip_gen = 0;
     s->thread = pthread_self();
     s->py_ident = PyThread_get_thread_ident();
     s->has_cpu_clock = (pthread_getcpuclockid(s->thread, &s->cpu_clock) == 0);
@@ -348,6 +350,7 @@ static fp_slot *fp_slot_create(void)
     pthread_mutex_unlock(&fp_registry_lock);
     pthread_setspecific(fp_slot_key, s);
     fp_tls_slot = s;
+    fp_tls_mem = &s->mem;
     return s;
 }
 
@@ -784,6 +787,19 @@ static inline int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen)
         __atomic_store_n(&s->cpu_sample_gen, sv->cpu_sample_gen, __ATOMIC_RELEASE);
     }
     return fired;
+}
+
+/* The call itself: fn(*args, **kwargs), with the memory session (if any)
+ * ended in C the moment fn returns, before any of the caller's own work
+ * (building a traceback entry, a violation, stats) can be counted or refused. */
+static inline PyObject *fp_run_call(fp_slot *s, fp_saved *sv, int mem_on, fp_mem_session *mem_out,
+                                    PyObject *fn, PyObject **args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
+    if (mem_on)
+        fp_mem_disarm(&s->mem, &sv->mem, mem_out);
+    return r;
 }
 
 /* The watchdog's CPU sample for generation gen, if it took one. */

@@ -167,7 +167,7 @@ def test_stats_of_a_quick_call(fp):
     s = b.stats()
     assert s.violations == () and s.violation_count == 0
     assert 0 < s.elapsed_ns < 5_000_000
-    assert s.memory_used_bytes == 0
+    assert 0 <= s.memory_used_bytes < 10_000       # a range and its iterator, at most
     assert 0 <= s.cpu_time_us <= s.elapsed_ns // 1000 + 1
     if not s.cpu_time_measured:
         # a bound: the call's wall time (CPU time cannot exceed it)
