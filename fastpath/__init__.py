@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._impl import IMPLEMENTATION, core
+from ._impl import IMPLEMENTATION, core, histogram
 from .errors import (
     ConstraintError,
     ConstraintViolation,
@@ -30,12 +30,14 @@ if TYPE_CHECKING:
         preemption_info,
         set_preemption,
     )
+    from ._histogram_py import LatencyHistogram
 else:
     ExecutionConstraints = core.ExecutionConstraints
     ExecutionBudget = core.ExecutionBudget
     ExecutionStats = core.ExecutionStats
     set_preemption = core.set_preemption
     preemption_info = core.preemption_info
+    LatencyHistogram = histogram.LatencyHistogram
 
 __all__ = [
     "IMPLEMENTATION",
@@ -48,6 +50,7 @@ __all__ = [
     "ExecutionInterrupted",
     "ExecutionStats",
     "InvalidConfiguration",
+    "LatencyHistogram",
     "ResourceExhausted",
     "__version__",
     "preemption_info",
