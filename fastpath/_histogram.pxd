@@ -12,14 +12,14 @@ from libc.stdint cimport int64_t, uint64_t
 
 @cython.final
 cdef class LatencyHistogram:
-    cdef uint64_t *_counts        # one count per bucket (4562, PyMem, owned; see _histogram.pyx)
-    cdef uint64_t _count          # values recorded, clamped ones included (== sum of _counts)
-    cdef uint64_t _sum_lo         # exact sum of the recorded (clamped) values: low 64 bits ...
-    cdef uint64_t _sum_hi         # ... and high 64 bits (128-bit sum: cannot overflow)
+    cdef uint64_t *_counts        # 4562 bucket counts (PyMem, owned; layout in .pyx)
+    cdef uint64_t _count          # values recorded, clamped ones too (== sum of counts)
+    cdef uint64_t _sum_lo         # exact sum of recorded (clamped) values: low word
+    cdef uint64_t _sum_hi         # ... high word (a 128-bit sum cannot overflow)
     cdef int64_t _min_ns          # smallest recorded value; MAX_NS + 1 while empty
     cdef int64_t _max_ns          # largest recorded value; -1 while empty
     cdef uint64_t _clamped_low    # negative values seen (recorded as 0)
-    cdef uint64_t _clamped_high   # values above one hour seen (recorded as 3_600_000_000_000)
+    cdef uint64_t _clamped_high   # values above 1 hour seen (recorded as MAX_NS)
 
     # Record one duration in ns: O(1), no allocation, clamps out-of-range values.
     cdef void record_c(self, int64_t ns) noexcept

@@ -43,10 +43,12 @@ cdef extern from *:
 
 # The C layout and the Python one (used by the twin, bucket_values() and
 # pickling) must be the same function.
-if (FP_HIST_EXACT != _shared.EXACT_LIMIT or (1 << FP_HIST_SUB_BITS) != _shared.SUB_BUCKETS
-        or FP_HIST_MAX_NS != _shared.MAX_NS or FP_HIST_NBUCKETS != _shared.NBUCKETS
+if (FP_HIST_EXACT != _shared.EXACT_LIMIT
+        or (1 << FP_HIST_SUB_BITS) != _shared.SUB_BUCKETS
+        or FP_HIST_MAX_NS != _shared.MAX_NS
+        or FP_HIST_NBUCKETS != _shared.NBUCKETS
         or fp_hist_index(FP_HIST_MAX_NS) != FP_HIST_NBUCKETS - 1):
-    raise ImportError("fastpath._histogram: the C bucket layout differs from _histogram_shared")
+    raise ImportError("fastpath._histogram: C and Python bucket layouts differ")
 
 cdef object _ns_from_object = _shared.ns_from_object
 cdef object _check_q = _shared.check_q
@@ -196,8 +198,8 @@ cdef class LatencyHistogram:
         numpy.percentile(..., method="inverted_cdf") does; the answer is the
         representative value of the first bucket whose cumulative count
         reaches it, clamped into [min, max] -- within 1/256 (relative) of the
-        exact order statistic, exact below 256 ns.  Rank <= 1 gives the exact minimum, rank
-        count the exact maximum.  A q that is not a real number within
+        exact order statistic, exact below 256 ns.  Rank <= 1 gives the exact
+        minimum, rank count the exact maximum.  A q that is not a real number within
         [0, 100] raises InvalidConfiguration (even when empty).
         """
         cdef double value = _check_q(q)
@@ -205,8 +207,8 @@ cdef class LatencyHistogram:
         if count == 0:
             return None
         import numpy
-        return _percentiles(numpy.frombuffer(buf, dtype=numpy.uint64), count, min_ns, max_ns,
-                            (value,))[0]
+        counts = numpy.frombuffer(buf, dtype=numpy.uint64)
+        return _percentiles(counts, count, min_ns, max_ns, (value,))[0]
 
     def summary(self):
         """A dict: count, mean_ns, min_ns, max_ns, p50_ns, p90_ns, p99_ns,
@@ -226,8 +228,9 @@ cdef class LatencyHistogram:
 
     def __reduce__(self):
         buf, count, sum_ns, min_ns, max_ns, low, high = self._snapshot()
-        return (_restore_histogram, _shared.make_state(memoryview(buf).cast("Q"), sum_ns,
-                                                        count, min_ns, max_ns, low, high))
+        counts = memoryview(buf).cast("Q")
+        state = _shared.make_state(counts, sum_ns, count, min_ns, max_ns, low, high)
+        return (_restore_histogram, state)
 
 
 def _restore_histogram(*state):

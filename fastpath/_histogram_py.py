@@ -10,7 +10,7 @@ core gets the same guarantee from the GIL.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, List, Tuple, final
+from typing import TYPE_CHECKING, Any, final
 
 from . import _histogram_shared as _shared
 from ._histogram_shared import EXACT_LIMIT, MAX_NS, NBUCKETS, HistogramSummary, bucket_index
@@ -19,13 +19,13 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["LatencyHistogram", "HistogramSummary"]
+__all__ = ["HistogramSummary", "LatencyHistogram"]
 
 _EMPTY_MIN = MAX_NS + 1
 _EMPTY_MAX = -1
 
 # (counts, count, sum_ns, min_ns, max_ns, clamped_low, clamped_high)
-_Snapshot = Tuple[List[int], int, int, int, int, int, int]
+_Snapshot = tuple[list[int], int, int, int, int, int, int]
 
 
 @final
@@ -45,18 +45,18 @@ class LatencyHistogram:
     """
 
     __slots__ = (
-        "_lock",
-        "_counts",
-        "_count",
-        "_sum_ns",
-        "_min_ns",
-        "_max_ns",
-        "_clamped_low",
         "_clamped_high",
+        "_clamped_low",
+        "_count",
+        "_counts",
+        "_lock",
+        "_max_ns",
+        "_min_ns",
+        "_sum_ns",
     )
 
     _lock: threading.Lock
-    _counts: List[int]
+    _counts: list[int]
     _count: int
     _sum_ns: int
     _min_ns: int
@@ -98,10 +98,8 @@ class LatencyHistogram:
             self._counts[index] += 1
             self._count += 1
             self._sum_ns += ns
-            if ns < self._min_ns:
-                self._min_ns = ns
-            if ns > self._max_ns:
-                self._max_ns = ns
+            self._min_ns = min(self._min_ns, ns)
+            self._max_ns = max(self._max_ns, ns)
             self._clamped_low += low
             self._clamped_high += high
 
@@ -197,7 +195,7 @@ class LatencyHistogram:
     def __repr__(self) -> str:
         return _shared.format_repr(self._count, self._sum_ns, self._min_ns, self._max_ns)
 
-    def __reduce__(self) -> Tuple[Any, _shared.State]:
+    def __reduce__(self) -> tuple[Any, _shared.State]:
         counts, count, sum_ns, min_ns, max_ns, low, high = self._snapshot()
         return (
             _restore_histogram,

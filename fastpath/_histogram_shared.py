@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, TypedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .errors import InvalidConfiguration
 
@@ -47,10 +48,10 @@ SUB_BUCKETS = 1 << SUB_BUCKET_BITS
 MAX_NS = 3_600_000_000_000
 INT64_MAX = 2**63 - 1
 #: What the pickled state's first item must be (a change of layout breaks it).
-LAYOUT: Tuple[int, int, int] = (EXACT_LIMIT, SUB_BUCKETS, MAX_NS)
+LAYOUT: tuple[int, int, int] = (EXACT_LIMIT, SUB_BUCKETS, MAX_NS)
 
 #: Percentiles reported by summary(), with their keys.
-SUMMARY_QUANTILES: Tuple[Tuple[str, float], ...] = (
+SUMMARY_QUANTILES: tuple[tuple[str, float], ...] = (
     ("p50_ns", 50.0),
     ("p90_ns", 90.0),
     ("p99_ns", 99.0),
@@ -62,13 +63,13 @@ class HistogramSummary(TypedDict):
     """What ``LatencyHistogram.summary()`` returns (a plain dict at run time)."""
 
     count: int
-    mean_ns: Optional[float]
-    min_ns: Optional[int]
-    max_ns: Optional[int]
-    p50_ns: Optional[int]
-    p90_ns: Optional[int]
-    p99_ns: Optional[int]
-    p999_ns: Optional[int]
+    mean_ns: float | None
+    min_ns: int | None
+    max_ns: int | None
+    p50_ns: int | None
+    p90_ns: int | None
+    p99_ns: int | None
+    p999_ns: int | None
     clamped_low: int
     clamped_high: int
 
@@ -85,7 +86,7 @@ def bucket_index(ns: int) -> int:
 NBUCKETS = bucket_index(MAX_NS) + 1
 
 
-def bucket_bounds(index: int) -> Tuple[int, int]:
+def bucket_bounds(index: int) -> tuple[int, int]:
     """The smallest value of bucket ``index`` and its width."""
     if index < EXACT_LIMIT:
         return index, 1
@@ -100,10 +101,10 @@ def representative(index: int) -> int:
     return min(lower + width // 2, MAX_NS)
 
 
-_BUCKET_VALUES: Optional["ValuesArray"] = None
+_BUCKET_VALUES: ValuesArray | None = None
 
 
-def _bucket_values() -> "ValuesArray":
+def _bucket_values() -> ValuesArray:
     global _BUCKET_VALUES
     if _BUCKET_VALUES is None:
         import numpy as np
@@ -114,7 +115,7 @@ def _bucket_values() -> "ValuesArray":
     return _BUCKET_VALUES
 
 
-def bucket_values() -> "ValuesArray":
+def bucket_values() -> ValuesArray:
     """A new int64 array of every bucket's representative value."""
     return _bucket_values().copy()
 
@@ -135,7 +136,7 @@ def ns_from_object(value: Any) -> int:
         ) from None
     if ns < 0:
         return -1
-    return ns if ns <= INT64_MAX else INT64_MAX
+    return min(ns, INT64_MAX)
 
 
 def check_q(q: Any) -> float:
@@ -159,8 +160,8 @@ def check_other(name: str, other: Any, cls: type) -> None:
 
 
 def percentiles(
-    counts: "CountsArray", count: int, min_ns: int, max_ns: int, qs: Sequence[float]
-) -> List[int]:
+    counts: CountsArray, count: int, min_ns: int, max_ns: int, qs: Sequence[float]
+) -> list[int]:
     """The percentiles ``qs`` (validated floats) of a non-empty histogram.
 
     The rank of q is ``ceil(count * (q / 100))`` in float64, exactly as
@@ -182,7 +183,7 @@ def percentiles(
 
 
 def summary(
-    counts: "CountsArray",
+    counts: CountsArray,
     count: int,
     sum_ns: int,
     min_ns: int,
@@ -218,8 +219,8 @@ def format_repr(count: int, sum_ns: int, min_ns: int, max_ns: int) -> str:
 
 #: (layout, ((bucket, count), ...) for non-empty buckets, sum_ns, min_ns, max_ns,
 #:  clamped_low, clamped_high); min_ns/max_ns are None when empty.
-State = Tuple[
-    Tuple[int, int, int], Tuple[Tuple[int, int], ...], int, Optional[int], Optional[int], int, int
+State = tuple[
+    tuple[int, int, int], tuple[tuple[int, int], ...], int, int | None, int | None, int, int
 ]
 
 
@@ -246,7 +247,7 @@ def check_state(
     max_ns: Any,
     clamped_low: Any,
     clamped_high: Any,
-) -> Tuple[List[Tuple[int, int]], int, int, int, int, int, int]:
+) -> tuple[list[tuple[int, int]], int, int, int, int, int, int]:
     """Validate a pickled state; returns (pairs, count, sum, min, max, low, high)
     with min/max as the empty sentinels (MAX_NS + 1, -1) when empty."""
 
@@ -255,7 +256,7 @@ def check_state(
 
     if tuple(layout) != LAYOUT:
         raise bad(f"bucket layout {layout!r} is not {LAYOUT!r}")
-    checked: List[Tuple[int, int]] = []
+    checked: list[tuple[int, int]] = []
     count = 0
     for index, n in pairs:
         if type(index) is not int or not 0 <= index < NBUCKETS:

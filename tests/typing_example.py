@@ -8,6 +8,7 @@ from fastpath import (
     ExecutionBudget,
     ExecutionConstraints,
     ExecutionStats,
+    LatencyHistogram,
 )
 
 
@@ -36,3 +37,13 @@ def run(header: str) -> bool:
 
 changed: ExecutionConstraints = ExecutionConstraints(5).replace(cpu_shares=20)
 restored: ExecutionConstraints = ExecutionConstraints.from_dict(changed.to_dict())
+
+
+def p99_of(samples_ns: list[int]) -> int | None:
+    hist: LatencyHistogram = LatencyHistogram()
+    for ns in samples_ns:
+        hist.record(ns)
+    summary = hist.summary()
+    mean: float | None = summary["mean_ns"]
+    print(hist.count, mean, summary["clamped_high"], hist.counts().sum())
+    return hist.percentile(99)
