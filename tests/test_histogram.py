@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import pickle
@@ -380,6 +381,9 @@ def test_pickle_round_trip(fp):
         assert restored.count == hist.count + 1
     empty = pickle.loads(pickle.dumps(fp.LatencyHistogram()))
     assert empty.summary() == fp.LatencyHistogram().summary()
+    clone = copy.deepcopy(hist)
+    clone.record(1)
+    assert clone.count == hist.count + 1 and clone.summary()["min_ns"] == 0
 
 
 def _corrupt(state, position, value):
