@@ -46,6 +46,14 @@ extensions = [
         define_macros=macros,
         depends=["fastpath/_fp_runtime.h", "fastpath/_budget.pxd"],
     ),
+    Extension(
+        "fastpath._histogram",
+        ["fastpath/_histogram.pyx"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=macros,
+        depends=["fastpath/_histogram.pxd"],
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES,

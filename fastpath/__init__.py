@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._impl import IMPLEMENTATION, core
+from ._impl import IMPLEMENTATION, core, histogram
 from .enforcer import AuditEvent, ConstraintEnforcer, RuleType
 from .errors import (
     ConstraintError,
@@ -32,12 +32,14 @@ if TYPE_CHECKING:
         preemption_info,
         set_preemption,
     )
+    from ._histogram_py import LatencyHistogram
 else:
     ExecutionConstraints = core.ExecutionConstraints
     ExecutionBudget = core.ExecutionBudget
     ExecutionStats = core.ExecutionStats
     set_preemption = core.set_preemption
     preemption_info = core.preemption_info
+    LatencyHistogram = histogram.LatencyHistogram
 
 __all__ = [
     "IMPLEMENTATION",
@@ -54,6 +56,7 @@ __all__ = [
     "ExecutionInterrupted",
     "ExecutionStats",
     "InvalidConfiguration",
+    "LatencyHistogram",
     "ResourceExhausted",
     "RetryPolicy",
     "__version__",

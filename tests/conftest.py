@@ -12,24 +12,32 @@ import types
 import pytest
 
 import fastpath
-from fastpath import _budget_py, enforcer, errors
+from fastpath import _budget_py, _histogram_py, enforcer, errors
 
 try:
     from fastpath import _budget as _compiled
 except ImportError:  # pragma: no cover - reported by test_compiled_core_is_built
     _compiled = None
 
+try:
+    from fastpath import _histogram as _compiled_histogram
+except ImportError:  # pragma: no cover - reported by make_namespace
+    _compiled_histogram = None
+
 CORES = {"compiled": _compiled, "python": _budget_py}
+HISTOGRAMS = {"compiled": _compiled_histogram, "python": _histogram_py}
 
 
 def make_namespace(kind: str) -> types.SimpleNamespace:
     core = CORES[kind]
-    if core is None:
+    histogram = HISTOGRAMS[kind]
+    if core is None or histogram is None:
         pytest.fail("the compiled core is not built: run `make test`")
-    ns = types.SimpleNamespace(kind=kind, core=core)
+    ns = types.SimpleNamespace(kind=kind, core=core, histogram=histogram)
     for name in ("ExecutionConstraints", "ExecutionBudget", "ExecutionStats",
                  "set_preemption", "preemption_info", "_reseed_sampler"):
         setattr(ns, name, getattr(core, name))
+    ns.LatencyHistogram = histogram.LatencyHistogram
     for name in errors.__all__ + ["ExecutionInterrupted"]:
         setattr(ns, name, getattr(errors, name))
     ns.ConstraintEnforcer = enforcer._bind_enforcer(core)

@@ -9,6 +9,7 @@ from fastpath import (
     ExecutionBudget,
     ExecutionConstraints,
     ExecutionStats,
+    LatencyHistogram,
     RuleType,
 )
 
@@ -56,3 +57,13 @@ def deny_curl(header: str) -> bool:
 
 
 decided: bool = deny_curl("curl/8")
+
+
+def p99_of(samples_ns: list[int]) -> int | None:
+    hist: LatencyHistogram = LatencyHistogram()
+    for ns in samples_ns:
+        hist.record(ns)
+    summary = hist.summary()
+    mean: float | None = summary["mean_ns"]
+    print(hist.count, mean, summary["clamped_high"], hist.counts().sum())
+    return hist.percentile(99)
