@@ -7,6 +7,8 @@
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint64_t
 
+from fastpath._histogram cimport LatencyHistogram
+
 
 cdef class ExecutionConstraints:
     cdef int64_t _max_exec_ms          # wall-clock budget, ms (1 .. 2**53)
@@ -102,6 +104,7 @@ cdef class _RuleState:
     cdef uint64_t errors               # calls that ended with fn's own exception
     cdef uint64_t retries              # transient-error retries started
     cdef uint64_t violations[6]        # per ConstraintViolationType value
+    cdef readonly LatencyHistogram histogram  # elapsed ns of every executed call
 
 
 cdef class _EnforcerCore:

@@ -14,6 +14,7 @@ import sys as _sys
 import threading as _threading
 
 from fastpath import _config
+from fastpath._histogram cimport LatencyHistogram
 from fastpath.errors import (
     ConstraintViolation,
     ConstraintViolationType,
@@ -661,6 +662,7 @@ cdef class _RuleState:
         self.constraints = constraints
         self.fallback = fallback
         self.preempt = preempt
+        self.histogram = LatencyHistogram()
         self.max_attempts = 1 + (constraints._max_retries if constraints._max_retries > 0 else 0)
         self.backoff_ns = (constraints._retry_backoff_ms * 1000000
                            if constraints._retry_backoff_ms > 0 else 0)
@@ -678,6 +680,7 @@ cdef class _RuleState:
         self.fail_open = self.fail_closed = self.errors = self.retries = 0
         for k in range(6):
             self.violations[k] = 0
+        self.histogram.reset_c()
 
 
 cdef class _EnforcerCore:
@@ -729,6 +732,7 @@ cdef class _EnforcerCore:
             except BaseException as exc:
                 if budget._raised:
                     # This budget's own violation: count it, audit it, apply the policy.
+                    rule.histogram.record_c(budget._stop_ns - budget._start_ns)
                     for i in range(budget._violation_count):
                         rule.violations[budget._violation_order[i]] += 1
                     if c._fail_closed:
@@ -738,8 +742,7 @@ cdef class _EnforcerCore:
                     rule.fail_open += 1
                     self._audit(rule.key, rule_id, fn, exc, "fallback")
                     return rule.fallback
-                if (attempt < rule.max_attempts and isinstance(exc, self._transient)
-                        and budget.remaining_ns_c() >= rule.backoff_ns):
+                if _will_retry(self, rule, budget, attempt, exc):
                     # Transient: retry inside the same budget, if it can cover the delay.
                     attempt += 1
                     rule.retries += 1
@@ -747,6 +750,7 @@ cdef class _EnforcerCore:
                         self._sleep(rule.backoff_ns / 1e9)
                     continue
                 rule.errors += 1
+                rule.histogram.record_c(budget._stop_ns - budget._start_ns)
                 if budget._violation_count:
                     # Late and then failed: fn's exception propagates, the
                     # violation is still counted and audited.
@@ -755,7 +759,14 @@ cdef class _EnforcerCore:
                     self._audit(rule.key, rule_id, fn,
                                 budget._violation(-1, False, None), "error")
                 raise
+            rule.histogram.record_c(budget._stop_ns - budget._start_ns)
             return result
+
+
+cdef inline bint _will_retry(_EnforcerCore core, _RuleState rule, ExecutionBudget budget,
+                            int64_t attempt, object exc) except -1:
+    return (attempt < rule.max_attempts and isinstance(exc, core._transient)
+            and budget.remaining_ns_c() >= rule.backoff_ns)
 
 
 cdef object _execute_fastcall(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
@@ -842,6 +853,28 @@ def preemption_info():
         "ticks": fp_wd_ticks,
         "interrupts_sent": fp_wd_fires,
     }
+
+
+def _measure_arm_disarm(Py_ssize_t n):
+    """Nanoseconds per arm+disarm pair of this thread's slot, over n pairs.
+
+    What enforce() adds for preemption, measured in C because it cannot be
+    isolated from Python (benchmarks and the selftest report it)."""
+    cdef fp_slot *slot = fp_slot_get()
+    cdef fp_saved saved
+    cdef Py_ssize_t i
+    cdef uint64_t gen
+    cdef int64_t t0, deadline
+    if slot == NULL:
+        raise MemoryError()
+    if n < 1:
+        raise InvalidConfiguration(f"n must be >= 1, got {n}")
+    deadline = fp_now_ns() + 3600 * 1000000000
+    t0 = fp_now_ns()
+    for i in range(n):
+        gen = fp_arm(slot, &saved, deadline, FP_TIMEOUT, 500000, 1)
+        fp_disarm(slot, &saved, gen)
+    return (fp_now_ns() - t0) / n
 
 
 def _reseed_sampler(seed):

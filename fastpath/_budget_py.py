@@ -28,6 +28,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from . import _config
+from ._histogram_py import LatencyHistogram
 from .errors import (
     ConstraintViolation,
     ConstraintViolationType,
@@ -692,7 +693,7 @@ class _RuleState:
     __slots__ = (
         "key", "constraints", "fallback", "preempt", "max_attempts", "backoff_s",
         "calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors", "retries",
-        "violations",
+        "violations", "histogram",
     )
 
     def __init__(self, key: Any, constraints: ExecutionConstraints, fallback: Any,
@@ -703,6 +704,7 @@ class _RuleState:
         self.preempt = preempt
         self.max_attempts = 1 + (constraints.max_retries or 0)
         self.backoff_s = (constraints.retry_backoff_ms or 0) / 1000
+        self.histogram = LatencyHistogram()
         self.reset()
 
     def counters(self) -> Tuple[int, int, int, int, int, int, int, Dict[int, int]]:
@@ -713,6 +715,7 @@ class _RuleState:
         self.calls = self.executed = self.sampled_out = 0
         self.fail_open = self.fail_closed = self.errors = self.retries = 0
         self.violations = [0] * 6
+        self.histogram.reset()
 
 
 class _EnforcerCore:
@@ -769,9 +772,10 @@ class _EnforcerCore:
         attempt = 1
         while True:
             try:
-                return budget._run(fn, args, kwargs, rule.preempt)
+                result = budget._run(fn, args, kwargs, rule.preempt)
             except BaseException as exc:
                 if budget._raised:
+                    rule.histogram.record(budget._stop_ns - budget._start_ns)
                     with self._counter_lock:
                         for kind in budget._violations:
                             rule.violations[kind] += 1
@@ -796,9 +800,12 @@ class _EnforcerCore:
                     rule.errors += 1
                     for kind in budget._violations:
                         rule.violations[kind] += 1
+                rule.histogram.record(budget._stop_ns - budget._start_ns)
                 if budget._violations:
                     self._audit(rule.key, rule_id, fn, budget._violation(-1, False, None), "error")
                 raise
+            rule.histogram.record(budget._stop_ns - budget._start_ns)
+            return result
 
 
 def _stopped_in_time(end: int, due: int) -> bool:

@@ -234,14 +234,20 @@ class _EnforcerAPI:
         """Counters per rule type (see the README's "Metrics")."""
         out: Dict[RuleType, Dict[str, Any]] = {}
         for rule_type in _RULE_ORDER:
-            *counts, by_kind = self._rule_state(rule_type).counters()
+            state = self._rule_state(rule_type)
+            *counts, by_kind = state.counters()
             entry: Dict[str, Any] = dict(zip(_COUNTER_NAMES, counts))
             entry["violations"] = {ConstraintViolationType(k): n for k, n in by_kind.items()}
+            entry["latency"] = state.histogram.summary()
             out[rule_type] = entry
         return out
 
+    def latency_histogram(self, rule_type: RuleType) -> Any:
+        """The LatencyHistogram of ``rule_type`` (live: it keeps recording)."""
+        return self._rule_state(rule_type).histogram
+
     def reset_metrics(self) -> None:
-        """Set every counter to zero."""
+        """Set every counter to zero and empty the latency histograms."""
         for rule_type in _RULE_ORDER:
             self._rule_state(rule_type).reset()
 

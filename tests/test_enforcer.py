@@ -460,3 +460,47 @@ def test_metrics_shape_and_reset(fp):
     assert m[fp.RuleType.WASM_HOOK]["calls"] == 1
     e.reset_metrics()
     assert all(entry["calls"] == 0 for entry in e.metrics().values())
+
+
+def test_every_executed_call_is_recorded_in_its_histogram(fp):
+    p = small_profiles(fp, observational=fp.ExecutionConstraints(1000, sampling_rate=0.0,
+                                                                 fail_closed_on_timeout=False))
+    e = fp.ConstraintEnforcer.with_constraints(**p, preempt=False, audit_sink=Sink())
+    e.execute_with_constraints(fp.RuleType.FAST, abs, -1)                   # ok
+    with pytest.raises(fp.ConstraintViolation):
+        e.execute_with_constraints(fp.RuleType.FAST, time.sleep, 0.005)     # violated
+    with pytest.raises(ValueError):
+        e.execute_with_constraints(fp.RuleType.FAST, _raise, ValueError())  # error
+    e.execute_with_constraints(fp.RuleType.OBSERVATIONAL, abs, -1)          # sampled out
+    fast = e.metrics()[fp.RuleType.FAST]["latency"]
+    assert fast["count"] == 3
+    assert fast["max_ns"] >= 5_000_000
+    assert e.metrics()[fp.RuleType.OBSERVATIONAL]["latency"]["count"] == 0
+    assert e.latency_histogram(fp.RuleType.FAST).count == 3
+    e.reset_metrics()
+    assert e.metrics()[fp.RuleType.FAST]["latency"]["count"] == 0
+
+
+def test_four_threads_of_20000_calls_count_exactly(fp):
+    p = small_profiles(fp, fast=fp.ExecutionConstraints(10_000),
+                       observational=fp.ExecutionConstraints(10_000, sampling_rate=0.25,
+                                                             fail_closed_on_timeout=False))
+    e = fp.ConstraintEnforcer.with_constraints(**p)
+    rules = (fp.RuleType.FAST, fp.RuleType.OBSERVATIONAL)
+
+    def work():
+        for i in range(20_000):
+            e.execute_with_constraints(rules[i & 1], abs, i)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    m = e.metrics()
+    fast, obs = m[fp.RuleType.FAST], m[fp.RuleType.OBSERVATIONAL]
+    assert fast["calls"] == fast["executed"] == fast["latency"]["count"] == 40_000
+    assert obs["calls"] == 40_000
+    assert obs["executed"] + obs["sampled_out"] == 40_000
+    assert obs["latency"]["count"] == obs["executed"]
+    assert e.latency_histogram(fp.RuleType.FAST).counts().sum() == 40_000

@@ -429,10 +429,11 @@ def test_the_histogram_is_exported_from_the_selected_core(fp):
 
 
 @pytest.mark.slow
-def test_another_cython_module_can_cimport_the_histogram(fp, tmp_path):
-    if fp.kind == "python":
-        pytest.skip("the C-level API belongs to the compiled core")
-    pytest.importorskip("Cython")
+def test_another_cython_module_can_cimport_the_histogram(tmp_path):
+    """The C-level API belongs to the compiled core only."""
+    from conftest import make_namespace
+
+    fp = make_namespace("compiled")
     (tmp_path / "hprobe.pyx").write_text(textwrap.dedent("""
         # cython: language_level=3
         from fastpath._histogram cimport LatencyHistogram
