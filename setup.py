@@ -4,6 +4,7 @@ time to choose the twin explicitly)."""
 
 import os
 
+import Cython
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -35,6 +36,15 @@ if sanitize:
     compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=undefined"]
     link_args = ["-fsanitize=address,undefined"]
+
+build_kind = "sanitize" if sanitize else ("debug" if debug else "release")
+# What `python -m fastpath.selftest` reports about this build.
+macros += [
+    ("FASTPATH_CYTHON_VERSION", '"%s"' % Cython.__version__),
+    ("FASTPATH_BUILD_KIND", '"%s"' % build_kind),
+    ("FASTPATH_BUILD_CFLAGS", '"%s"' % " ".join(compile_args)),
+    ("FASTPATH_BUILD_DIRECTIVES", '"%s"' % " ".join(f"{k}={v}" for k, v in DIRECTIVES.items())),
+]
 
 extensions = [
     Extension(

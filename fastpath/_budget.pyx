@@ -52,6 +52,10 @@ cdef extern from "_fp_runtime.h":
     int FP_MEMORY
     int FP_CPU
     int64_t FP_WD_TICK_NS
+    const char *fp_build_cython
+    const char *fp_build_kind
+    const char *fp_build_cflags
+    const char *fp_build_directives
     int64_t fp_now_ns() noexcept nogil
     int64_t fp_thread_cpu_ns() noexcept nogil
     int64_t fp_sat_add(int64_t a, int64_t b) noexcept nogil
@@ -875,6 +879,16 @@ def _measure_arm_disarm(Py_ssize_t n):
         gen = fp_arm(slot, &saved, deadline, FP_TIMEOUT, 500000, 1)
         fp_disarm(slot, &saved, gen)
     return (fp_now_ns() - t0) / n
+
+
+def build_info():
+    """How this compiled core was built."""
+    return {
+        "cython": fp_build_cython.decode(),
+        "kind": fp_build_kind.decode(),
+        "cflags": fp_build_cflags.decode(),
+        "directives": fp_build_directives.decode(),
+    }
 
 
 def _reseed_sampler(seed):

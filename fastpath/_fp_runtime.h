@@ -50,6 +50,24 @@
 
 #include "_fp_memhook.h"
 
+/* Build facts, set by setup.py (shown by `python -m fastpath.selftest`). */
+#ifndef FASTPATH_CYTHON_VERSION
+#define FASTPATH_CYTHON_VERSION "unknown"
+#endif
+#ifndef FASTPATH_BUILD_KIND
+#define FASTPATH_BUILD_KIND "unknown"
+#endif
+#ifndef FASTPATH_BUILD_CFLAGS
+#define FASTPATH_BUILD_CFLAGS "unknown"
+#endif
+#ifndef FASTPATH_BUILD_DIRECTIVES
+#define FASTPATH_BUILD_DIRECTIVES "unknown"
+#endif
+static const char *fp_build_directives = FASTPATH_BUILD_DIRECTIVES;
+static const char *fp_build_cython = FASTPATH_CYTHON_VERSION;
+static const char *fp_build_kind = FASTPATH_BUILD_KIND;
+static const char *fp_build_cflags = FASTPATH_BUILD_CFLAGS;
+
 /* Violation kinds: the values of fastpath.errors.ConstraintViolationType. */
 #define FP_TIMEOUT 1
 #define FP_MEMORY 2

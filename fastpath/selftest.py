@@ -1,0 +1,366 @@
+"""``python -m fastpath.selftest``: prove the installed module works, and what it costs.
+
+Shows which implementation is loaded (and fails if it is the pure-Python twin,
+unless ``--allow-python``), runs a short functional check of every component,
+measures the per-call costs next to the design's figures and a bare Python
+call, and prints one table (``--json``: one JSON document).  The exit status
+is non-zero when a functional check fails; timings are reported, never a
+reason to fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import threading
+import time
+import timeit
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import fastpath
+from fastpath import (
+    ConstraintEnforcer,
+    ConstraintViolation,
+    ConstraintViolationType,
+    ExecutionBudget,
+    ExecutionConstraints,
+    InvalidConfiguration,
+    LatencyHistogram,
+    RetryPolicy,
+    RuleType,
+)
+
+V = ConstraintViolationType
+MB = 1024 * 1024
+
+
+# ------------------------------------------------------------------- checks
+
+def _spin(seconds: float = 3.0) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "ran to the end"
+
+
+def check_presets() -> str:
+    fast = ExecutionConstraints.fast_rule()
+    assert (fast.max_exec_ms, fast.cpu_shares, fast.memory_limit_bytes) == (5, 10, MB)
+    assert fast.fail_closed_on_timeout and fast.cpu_allowance_ms == 0.5
+    sem = ExecutionConstraints.semantic_rule()
+    assert (sem.max_exec_ms, sem.max_retries, sem.fail_closed_on_timeout) == (100, 2, False)
+    assert ExecutionConstraints.wasm_hook(25).max_exec_ms == 25
+    assert ExecutionConstraints.observational(0.3).sampling_rate == 0.3
+    assert ExecutionConstraints.from_dict(sem.to_dict()) == sem
+    return "4 presets, dict round trip"
+
+
+def check_validation() -> str:
+    for kwargs in ({"sampling_rate": 1.5}, {"cpu_shares": 150}, {"memory_limit_bytes": 0},
+                   {"max_retries": -1}, {"fail_closed_on_timeout": 1}):
+        try:
+            ExecutionConstraints(5, **kwargs)
+        except InvalidConfiguration as exc:
+            assert next(iter(kwargs)) in str(exc)
+        else:
+            raise AssertionError(f"{kwargs} was accepted")
+    return "bad values rejected with field and value"
+
+
+def check_budget() -> str:
+    b = ExecutionConstraints(50).create_budget()
+    assert b.enforce(lambda x: x * 2, 21) == 42
+    late = ExecutionBudget(ExecutionConstraints(2), preempt=False)
+    try:
+        late.enforce(time.sleep, 0.005)
+    except ConstraintViolation as exc:
+        assert exc.kind is V.TIMEOUT_EXCEEDED and exc.stats.elapsed_ns >= 5_000_000
+    else:
+        raise AssertionError("a late call was not reported")
+    err = ValueError("mine")
+    try:
+        ExecutionConstraints(50).create_budget().enforce(_raise, err)
+    except ValueError as exc:
+        assert exc is err
+    return "enforce, late call, callee errors unchanged"
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def check_sampling() -> str:
+    n, p = 100_000, 0.25
+    c = ExecutionConstraints(5, sampling_rate=p)
+    hits = sum(c.should_sample() for _ in range(n))
+    sd = math.sqrt(n * p * (1 - p))
+    assert abs(hits - n * p) < 6 * sd, hits
+    assert not any(ExecutionConstraints(5, sampling_rate=0.0).should_sample() for _ in range(1000))
+    assert all(ExecutionConstraints(5, sampling_rate=1.0).should_sample() for _ in range(1000))
+    return f"p=0.25: {hits / n:.4f} over {n:,} draws; 0.0 and 1.0 exact"
+
+
+def check_enforcer() -> str:
+    events: List[Any] = []
+    C = ExecutionConstraints
+    e = ConstraintEnforcer.with_constraints(
+        C(3), C(3, fail_closed_on_timeout=False), C(3), C(3, fail_closed_on_timeout=False),
+        audit_sink=events.append, fallbacks={RuleType.SEMANTIC: "fallback"}, preempt=False)
+    assert e.execute_with_constraints(RuleType.FAST, abs, -3) == 3
+    try:
+        e.execute_with_constraints(RuleType.FAST, time.sleep, 0.005)
+    except ConstraintViolation:
+        pass
+    else:
+        raise AssertionError("fail closed did not deny")
+    assert e.execute_with_constraints(RuleType.SEMANTIC, time.sleep, 0.005) == "fallback"
+    assert [ev.outcome for ev in events] == ["deny", "fallback"]
+    m = e.metrics()
+    assert m[RuleType.FAST]["fail_closed"] == 1 and m[RuleType.SEMANTIC]["fail_open"] == 1
+    assert m[RuleType.FAST]["latency"]["count"] == 2
+    return "fail closed denies, fail open falls back, audit + metrics"
+
+
+def check_retry() -> str:
+    delays: List[float] = []
+    attempts: List[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionError("transient")
+        return "ok"
+
+    policy = RetryPolicy(3, 10).with_exponential_backoff().with_sleep(delays.append)
+    assert policy.execute(flaky) == "ok"
+    assert delays == [0.01, 0.02], delays
+    return "3 attempts, exponential 10/20 ms"
+
+
+def check_histogram() -> str:
+    rng = random.Random(3)
+    values = [int(rng.lognormvariate(12, 1.0)) for _ in range(20_000)]
+    h = LatencyHistogram()
+    for v in values:
+        h.record(v)
+    import numpy
+
+    worst = 0.0
+    for q in (50, 90, 99, 99.9):
+        exact = float(numpy.percentile(values, q, method="inverted_cdf"))
+        got = h.percentile(q)
+        assert got is not None
+        worst = max(worst, abs(got - exact) / exact)
+    assert worst <= 0.01, worst
+    return f"p50..p99.9 within {worst * 100:.2f} % (bound 1 %)"
+
+
+def check_preemption() -> str:
+    info = fastpath.preemption_info()
+    results = []
+    for where in ("main", "worker"):
+        box: Dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                ExecutionConstraints(10).create_budget().enforce(_spin)
+            except ConstraintViolation as exc:
+                box["v"] = exc
+
+        if where == "main":
+            run()
+        else:
+            t = threading.Thread(target=run)
+            t.start()
+            t.join(10)
+        v = box.get("v")
+        assert v is not None and v.interrupted, f"{where} thread runaway not stopped"
+        results.append(f"{where} +{(v.stats.elapsed_ns - 10_000_000) / 1e6:.2f} ms")
+    return f"runaway stopped ({', '.join(results)}; main thread via {info['main_thread']})"
+
+
+def check_memory_and_cpu() -> str:
+    try:
+        ExecutionConstraints(1000, memory_limit_bytes=MB).create_budget().enforce(lambda: [0] * MB)
+    except ConstraintViolation as exc:
+        assert V.MEMORY_EXCEEDED in exc.violations
+        memory = f"8 MB list refused under 1 MB ({exc.stats.memory_allocated_bytes} B allocated)"
+    else:
+        if fastpath.IMPLEMENTATION == "compiled":
+            raise AssertionError("the memory cap did not trip")
+        memory = "memory cap: charge_memory only (pure-Python twin)"
+    try:
+        ExecutionConstraints(200, cpu_shares=5).create_budget().enforce(_spin)
+    except ConstraintViolation as exc:
+        assert exc.kind is V.CPU_EXCEEDED, exc.kind
+        cpu = f"CPU runaway stopped at {exc.stats.cpu_time_us / 1000:.1f} ms CPU (allowance 10)"
+    return f"{memory}; {cpu}"
+
+
+CHECKS: List[Tuple[str, Callable[[], str]]] = [
+    ("presets", check_presets),
+    ("validation", check_validation),
+    ("budget", check_budget),
+    ("sampling", check_sampling),
+    ("enforcer", check_enforcer),
+    ("retry", check_retry),
+    ("histogram", check_histogram),
+    ("preemption", check_preemption),
+    ("memory + CPU limits", check_memory_and_cpu),
+]
+
+
+# ------------------------------------------------------------------- timings
+
+def _per_call_ns(stmt: str, env: Dict[str, Any], number: int) -> float:
+    return min(timeit.repeat(stmt, globals=env, number=number, repeat=5)) / number * 1e9
+
+
+def measure() -> List[Dict[str, Any]]:
+    def f() -> None:
+        pass
+
+    fast = ExecutionConstraints.fast_rule()
+    env = {
+        "f": f,
+        "fast": fast,
+        "half": ExecutionConstraints(5, sampling_rate=0.5),
+        "budget": ExecutionConstraints(10_000).create_budget(),
+        "enforcer": ConstraintEnforcer(),
+        "FAST": RuleType.FAST,
+        "hist": LatencyHistogram(),
+        "policy": RetryPolicy(3, 10),
+    }
+    n = 100_000
+    base = _per_call_ns("f()", env, n)
+    rows: List[Dict[str, Any]] = [{"operation": "bare Python call f()", "ns": base,
+                                   "seed": None, "overhead_of_f": False}]
+    plan = [
+        ("budget.check()", "budget.check()", "50-100 ns", False),
+        ("budget.is_timeout()", "budget.is_timeout()", None, False),
+        ("constraints.should_sample()", "half.should_sample()", "10-20 ns", False),
+        ("constraints.create_budget()", "fast.create_budget()", "~100 ns", False),
+        ("create_budget().enforce(f) - f()", "fast.create_budget().enforce(f)", None, True),
+        ("execute_with_constraints(FAST, f) - f()", "enforcer.execute_with_constraints(FAST, f)",
+         None, True),
+        ("RetryPolicy(3, 10).execute(f) - f()", "policy.execute(f)", None, True),
+        ("histogram.record(v)", "hist.record(12345)", None, False),
+    ]
+    for name, stmt, seed, minus_f in plan:
+        ns = _per_call_ns(stmt, env, n)
+        if minus_f:
+            ns -= base
+        rows.append({"operation": name, "ns": ns, "seed": seed, "overhead_of_f": minus_f})
+    if fastpath.IMPLEMENTATION == "compiled":
+        arm = fastpath.core._measure_arm_disarm(200_000)
+        rows.append({"operation": "preemption arm + disarm (C)", "ns": arm, "seed": None,
+                     "overhead_of_f": False})
+    for row in rows:
+        row["x_f"] = row["ns"] / base
+    return rows
+
+
+# ---------------------------------------------------------------------- report
+
+def implementation() -> Dict[str, Any]:
+    info: Dict[str, Any] = {
+        "implementation": fastpath.IMPLEMENTATION,
+        "module": getattr(fastpath.core, "__file__", None),
+        "fastpath": fastpath.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "preemption": fastpath.preemption_info(),
+    }
+    if fastpath.IMPLEMENTATION == "compiled":
+        info["build"] = fastpath.core.build_info()
+    return info
+
+
+class Painter:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str, colour: str) -> str:
+        if not self.enabled:
+            return text
+        code = {"green": "32", "red": "31", "bold": "1", "dim": "2"}[colour]
+        return f"\033[{code}m{text}\033[0m"
+
+
+def run(allow_python: bool) -> Tuple[Dict[str, Any], bool]:
+    started = time.monotonic()
+    checks = []
+    ok = True
+    if fastpath.IMPLEMENTATION != "compiled" and not allow_python:
+        checks.append({"name": "implementation", "ok": False,
+                       "detail": "the pure-Python twin is loaded (FASTPATH_NO_EXTENSIONS?); "
+                                 "pass --allow-python to accept it"})
+        ok = False
+    for name, fn in CHECKS:
+        t0 = time.monotonic()
+        try:
+            detail = fn()
+            passed = True
+        except Exception as exc:  # noqa: BLE001 - every failure is reported
+            detail = f"{type(exc).__name__}: {exc}"
+            passed = False
+        ok = ok and passed
+        checks.append({"name": name, "ok": passed, "detail": detail,
+                       "seconds": round(time.monotonic() - t0, 3)})
+    timings = measure()
+    info = implementation()
+    report = {"ok": ok, "info": info, "checks": checks, "timings": timings,
+              "seconds": round(time.monotonic() - started, 2)}
+    return report, ok
+
+
+def print_report(report: Dict[str, Any], paint: Painter) -> None:
+    info = report["info"]
+    print(paint("fastpath selftest", "bold"))
+    print(f"  implementation  {info['implementation']}  {info['module']}")
+    if "build" in info:
+        b = info["build"]
+        print(f"  build           Cython {b['cython']}, {b['kind']}, {b['cflags']}")
+        print(f"  directives      {b['directives']}")
+    p = info["preemption"]
+    print(f"  python          {info['python']} ({info['machine']}); clock {p.get('clock', 'CLOCK_MONOTONIC')}; "
+          f"main-thread interrupts via {p['main_thread']}"
+          + (f" (signal {p['signal']})" if p["signal"] else ""))
+    print()
+    width = max(len(c["name"]) for c in report["checks"])
+    for c in report["checks"]:
+        mark = paint("PASS", "green") if c["ok"] else paint("FAIL", "red")
+        print(f"  {mark}  {c['name']:<{width}}  {c['detail']}")
+    print()
+    print(f"  {'per-call cost':<42} {'ns':>8} {'x f()':>7}  design figure")
+    for row in report["timings"]:
+        seed = row["seed"] or ""
+        print(f"  {row['operation']:<42} {row['ns']:>8.1f} {row['x_f']:>7.2f}  {seed}")
+    print(paint("  (timings are reported, never a reason to fail; '- f()' rows are overhead "
+                "beyond the bare call)", "dim"))
+    verdict = paint("OK", "green") if report["ok"] else paint("FAILED", "red")
+    print(f"\n  {verdict} in {report['seconds']} s")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastpath.selftest",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--allow-python", action="store_true",
+                        help="accept the pure-Python twin instead of failing")
+    args = parser.parse_args(argv)
+    report, ok = run(args.allow_python)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print_report(report, Painter(sys.stdout.isatty() and os.environ.get("NO_COLOR") is None))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
