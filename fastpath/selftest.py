@@ -109,16 +109,16 @@ def check_enforcer() -> str:
     events: List[Any] = []
     C = ExecutionConstraints
     e = ConstraintEnforcer.with_constraints(
-        C(3), C(3, fail_closed_on_timeout=False), C(3), C(3, fail_closed_on_timeout=False),
+        C(20), C(20, fail_closed_on_timeout=False), C(20), C(20, fail_closed_on_timeout=False),
         audit_sink=events.append, fallbacks={RuleType.SEMANTIC: "fallback"}, preempt=False)
     assert e.execute_with_constraints(RuleType.FAST, abs, -3) == 3
     try:
-        e.execute_with_constraints(RuleType.FAST, time.sleep, 0.005)
+        e.execute_with_constraints(RuleType.FAST, time.sleep, 0.03)
     except ConstraintViolation:
         pass
     else:
         raise AssertionError("fail closed did not deny")
-    assert e.execute_with_constraints(RuleType.SEMANTIC, time.sleep, 0.005) == "fallback"
+    assert e.execute_with_constraints(RuleType.SEMANTIC, time.sleep, 0.03) == "fallback"
     assert [ev.outcome for ev in events] == ["deny", "fallback"]
     m = e.metrics()
     assert m[RuleType.FAST]["fail_closed"] == 1 and m[RuleType.SEMANTIC]["fail_open"] == 1

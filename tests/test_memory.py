@@ -21,6 +21,11 @@ import pytest
 MB = 1024 * 1024
 
 
+def capped(fp, limit=MB):
+    """A 1 MB cap, fail closed, with a wall budget no loaded machine can overrun."""
+    return fp.ExecutionConstraints(10_000, memory_limit_bytes=limit)
+
+
 @pytest.fixture(scope="module")
 def fp():
     from conftest import make_namespace
@@ -29,7 +34,7 @@ def fp():
 
 
 def test_a_1mb_cap_stops_an_8mb_list(fp):
-    b = fp.ExecutionConstraints.fast_rule().create_budget()
+    b = capped(fp).create_budget()
     with pytest.raises(fp.ConstraintViolation) as info:
         b.enforce(lambda: [0] * (MB))          # 8 MB of pointers
     v = info.value
@@ -41,11 +46,11 @@ def test_a_1mb_cap_stops_an_8mb_list(fp):
     # The interpreter is healthy afterwards.
     gc.collect()
     assert len([0] * (4 * MB)) == 4 * MB
-    assert fp.ExecutionConstraints.fast_rule().create_budget().enforce(sum, range(10)) == 45
+    assert capped(fp).create_budget().enforce(sum, range(10)) == 45
 
 
 def test_a_huge_allocation_is_refused_at_once(fp):
-    b = fp.ExecutionConstraints.fast_rule().create_budget()
+    b = capped(fp).create_budget()
     with pytest.raises(fp.ConstraintViolation) as info:
         b.enforce(lambda: [0] * 10**8)         # 800 MB
     assert info.value.stats.memory_allocated_bytes < MB
@@ -214,7 +219,7 @@ def test_a_callee_that_swallows_the_memory_error_is_refused_again(fp):
                 refused += 1
         return refused
 
-    b = fp.ExecutionConstraints.fast_rule().create_budget()
+    b = capped(fp).create_budget()
     with pytest.raises(fp.ConstraintViolation) as info:
         b.enforce(stubborn)
     assert info.value.kind is fp.ConstraintViolationType.MEMORY_EXCEEDED
@@ -249,7 +254,7 @@ def test_nested_budgets_share_the_accounting(fp):
 
 
 def test_works_with_tracemalloc_running_and_after_it_stops(fp):
-    c = fp.ExecutionConstraints.fast_rule()
+    c = capped(fp)
     tracemalloc.start()
     try:
         b = fp.ExecutionConstraints(1000, memory_limit_bytes=10 * MB).create_budget()
@@ -274,7 +279,7 @@ b.enforce(lambda: [str(i) for i in range(2000)])
 peak = b.stats().memory_peak_bytes
 assert 80_000 < peak < 600_000, peak
 try:
-    ExecutionConstraints.fast_rule().create_budget().enforce(lambda: [0] * 2**20)
+    ExecutionConstraints(10_000, memory_limit_bytes=2**20).create_budget().enforce(lambda: [0] * 2**20)
 except ConstraintViolation as exc:
     assert exc.kind.name == "MEMORY_EXCEEDED"
 else:
