@@ -43,17 +43,25 @@ selftest: .stamp-build
 bench: .stamp-build .stamp-bench-deps
 	$(PY) bench/run.py
 
+# The debug and sanitizer builds replace the extension in place; both put the
+# release build back afterwards, pass or fail.
 debug: .stamp-deps
+	rm -f .stamp-build
 	FASTPATH_DEBUG_BUILD=1 $(PY) setup.py --quiet build_ext --inplace --force
-	rm -f .stamp-build
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q; status=$$?; \
+	    $(PY) setup.py --quiet build_ext --inplace --force && touch .stamp-build; exit $$status
 
+# ASan+UBSan on the extension (the interpreter itself is not instrumented, so
+# the runtime is preloaded).  Leak detection is off: CPython keeps memory
+# alive until exit by design.
 asan: .stamp-deps
-	FASTPATH_SANITIZE=1 $(PY) setup.py --quiet build_ext --inplace --force
 	rm -f .stamp-build
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	FASTPATH_SANITIZE=1 $(PY) setup.py --quiet build_ext --inplace --force
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	    $(PY) -m pytest -q -p no:cacheprovider
+	    $(PY) -m pytest -q -p no:cacheprovider; status=$$?; \
+	    $(PY) setup.py --quiet build_ext --inplace --force && touch .stamp-build; exit $$status
 
 annotate: .stamp-deps
 	FASTPATH_ANNOTATE=1 $(PY) setup.py --quiet build_ext --inplace --force

@@ -27,17 +27,17 @@ class Sink:
 
 # A call that sleeps LATE overruns the small profiles below; a quick call stays
 # far inside them even if a loaded machine deschedules the test for a while.
-LATE = 0.06
+LATE = 0.15
 
 
 def small_profiles(fp, **changes):
-    """The presets' failure policies with 20 ms budgets, so late calls are quick to make."""
+    """The presets' failure policies with 100 ms budgets, so late calls are quick to make."""
     C = fp.ExecutionConstraints
     profiles = dict(
-        fast=C(20, fail_closed_on_timeout=True),
-        semantic=C(20, fail_closed_on_timeout=False, max_retries=2, retry_backoff_ms=1),
-        wasm_hook=C(20, fail_closed_on_timeout=True),
-        observational=C(20, fail_closed_on_timeout=False),
+        fast=C(100, fail_closed_on_timeout=True),
+        semantic=C(100, fail_closed_on_timeout=False, max_retries=2, retry_backoff_ms=1),
+        wasm_hook=C(100, fail_closed_on_timeout=True),
+        observational=C(100, fail_closed_on_timeout=False),
     )
     profiles.update(changes)
     return profiles
@@ -201,7 +201,7 @@ def test_audit_event_fields(fp):
     assert ev.rule_type is fp.RuleType.FAST
     assert ev.rule_id == "sleep"
     assert ev.violations == (fp.ConstraintViolationType.TIMEOUT_EXCEEDED,)
-    assert ev.stats.elapsed_ns >= 60_000_000
+    assert ev.stats.elapsed_ns >= 150_000_000
     assert ev.timestamp.tzinfo is dt.timezone.utc
     assert abs((dt.datetime.now(dt.timezone.utc) - ev.timestamp).total_seconds()) < 60
     with pytest.raises(AttributeError):
@@ -218,7 +218,7 @@ def test_default_sink_logs_to_fastpath_audit_with_structured_fields(fp, caplog):
     assert record.rule_type == "semantic"
     assert record.violations == ["TIMEOUT_EXCEEDED"]
     assert record.outcome == "fallback"
-    assert record.elapsed_ns >= 60_000_000
+    assert record.elapsed_ns >= 150_000_000
     assert "TIMEOUT_EXCEEDED" in record.getMessage()
 
 
@@ -437,18 +437,18 @@ def test_observational_rules_are_never_interrupted(fp):
     sink = Sink()
     e = fp.ConstraintEnforcer.with_constraints(**small_profiles(fp), audit_sink=sink,
                                                fallbacks={fp.RuleType.OBSERVATIONAL: "fb"})
-    assert e.execute_with_constraints(fp.RuleType.OBSERVATIONAL, spin, 0.05) == "fb"
+    assert e.execute_with_constraints(fp.RuleType.OBSERVATIONAL, spin, 0.25) == "fb"
     (ev,) = sink.events
     assert ev.interrupted is False
-    assert ev.stats.elapsed_ns >= 50_000_000
+    assert ev.stats.elapsed_ns >= 250_000_000
 
 
 def test_an_enforcer_without_preemption_reports_on_return(fp):
     e = fp.ConstraintEnforcer.with_constraints(**small_profiles(fp), preempt=False)
     with pytest.raises(fp.ConstraintViolation) as info:
-        e.execute_with_constraints(fp.RuleType.FAST, spin, 0.05)
+        e.execute_with_constraints(fp.RuleType.FAST, spin, 0.25)
     assert info.value.interrupted is False
-    assert info.value.stats.elapsed_ns >= 50_000_000
+    assert info.value.stats.elapsed_ns >= 250_000_000
 
 
 def test_metrics_shape_and_reset(fp):
@@ -479,7 +479,7 @@ def test_every_executed_call_is_recorded_in_its_histogram(fp):
     e.execute_with_constraints(fp.RuleType.OBSERVATIONAL, abs, -1)          # sampled out
     fast = e.metrics()[fp.RuleType.FAST]["latency"]
     assert fast["count"] == 3
-    assert fast["max_ns"] >= 60_000_000
+    assert fast["max_ns"] >= 150_000_000
     assert e.metrics()[fp.RuleType.OBSERVATIONAL]["latency"]["count"] == 0
     assert e.latency_histogram(fp.RuleType.FAST).count == 3
     e.reset_metrics()
