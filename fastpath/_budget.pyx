@@ -424,12 +424,7 @@ cdef class ExecutionBudget:
     def __init__(self, constraints, *, preempt=True):
         if self._constraints is not None:
             raise AttributeError("ExecutionBudget is already started")
-        if type(constraints) is not ExecutionConstraints:
-            raise InvalidConfiguration(
-                f"ExecutionBudget needs an ExecutionConstraints, got {type(constraints).__name__}"
-            )
-        if not isinstance(preempt, bool):
-            raise InvalidConfiguration(f"preempt must be a bool, got {preempt!r}")
+        _config.check_budget_args(constraints, ExecutionConstraints, preempt)
         _ensure_watchdog()
         self._constraints = <ExecutionConstraints>constraints
         self._preempt = preempt
@@ -839,9 +834,7 @@ def _install_preempt_signal():
 def set_preemption(enabled):
     """Enable or disable interrupting calls process-wide (limits are still reported)."""
     global fp_preempt_enabled
-    if not isinstance(enabled, bool):
-        raise InvalidConfiguration(f"enabled must be a bool, got {enabled!r}")
-    fp_preempt_enabled = 1 if enabled else 0
+    fp_preempt_enabled = 1 if _config.check_bool("enabled", enabled) else 0
 
 
 def preemption_info():

@@ -462,9 +462,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def set_preemption(enabled: bool) -> None:
     """Enable or disable interrupting calls process-wide (limits are still reported)."""
     global _preempt_enabled
-    if not isinstance(enabled, bool):
-        raise InvalidConfiguration(f"enabled must be a bool, got {enabled!r}")
-    _preempt_enabled = enabled
+    _preempt_enabled = _config.check_bool("enabled", enabled)
 
 
 def preemption_info() -> Dict[str, Any]:
@@ -507,12 +505,7 @@ class ExecutionBudget:
     def __init__(self, constraints: ExecutionConstraints, *, preempt: bool = True) -> None:
         if getattr(self, "_constraints", None) is not None:
             raise AttributeError("ExecutionBudget is already started")
-        if type(constraints) is not ExecutionConstraints:
-            raise InvalidConfiguration(
-                f"ExecutionBudget needs an ExecutionConstraints, got {type(constraints).__name__}"
-            )
-        if not isinstance(preempt, bool):
-            raise InvalidConfiguration(f"preempt must be a bool, got {preempt!r}")
+        _config.check_budget_args(constraints, ExecutionConstraints, preempt)
         _ensure_watchdog()
         self._constraints = constraints
         self._preempt = preempt

@@ -84,10 +84,7 @@ def normalize(
     retry_backoff_ms: Any = None,
 ) -> Normalized:
     """Validate every field and return them as plain Python values."""
-    if not isinstance(fail_closed_on_timeout, bool):
-        raise InvalidConfiguration(
-            f"fail_closed_on_timeout must be a bool, got {fail_closed_on_timeout!r}"
-        )
+    check_bool("fail_closed_on_timeout", fail_closed_on_timeout)
     return (
         _int("max_exec_ms", max_exec_ms, 1, MAX_EXEC_MS_LIMIT, optional=False),  # type: ignore[return-value]
         _int("cpu_shares", cpu_shares, 0, 100, optional=True),
@@ -97,6 +94,21 @@ def normalize(
         _int("max_retries", max_retries, 0, INT64_MAX, optional=True),
         _int("retry_backoff_ms", retry_backoff_ms, 0, MAX_EXEC_MS_LIMIT, optional=True),
     )
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidConfiguration(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def check_budget_args(constraints: Any, constraints_type: type, preempt: Any) -> None:
+    """Validate ExecutionBudget(constraints, preempt=...) for either core."""
+    if type(constraints) is not constraints_type:
+        raise InvalidConfiguration(
+            f"ExecutionBudget needs an ExecutionConstraints, got {type(constraints).__name__}"
+        )
+    check_bool("preempt", preempt)
 
 
 def kwargs_from_dict(data: Any) -> Dict[str, Any]:

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, TypeVar
 
+from . import _config
 from ._impl import core as _core
 from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
 
@@ -128,9 +129,7 @@ class _EnforcerAPI:
         self._audit_sink = audit_sink if audit_sink is not None else log_audit_event
         self._fallbacks = _check_fallbacks(fallbacks)
         self._transient = _check_transient(transient_errors)
-        if not isinstance(preempt, bool):
-            raise InvalidConfiguration(f"preempt must be a bool, got {preempt!r}")
-        self._preempt = preempt
+        self._preempt = _config.check_bool("preempt", preempt)
         self._audit_failures = 0
         self._audit_failure_lock = threading.Lock()
         self._configure(_default_profiles(self._constraints_class))
