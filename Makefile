@@ -68,9 +68,9 @@ annotate: .stamp-deps
 	@echo "wrote fastpath/_budget.html"
 
 lint: .stamp-deps
-	$(PY) -m pip install --quiet ruff cython-lint
+	$(PY) -m pip install --quiet ruff cython-lint pycodestyle
 	$(BIN)/ruff check fastpath tests bench
-	$(BIN)/cython-lint fastpath/*.pyx fastpath/*.pxd
+	PATH=$(BIN):$$PATH $(BIN)/cython-lint fastpath/*.pyx
 	$(PY) -m mypy
 
 clean:

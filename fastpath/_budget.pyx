@@ -468,7 +468,8 @@ cdef class ExecutionBudget:
     cdef int64_t _memory_used(self) noexcept:
         # Peak live bytes of its calls (or what the cap refused), plus charges;
         # while one of its calls runs on this thread, that call's live figures.
-        cdef int64_t used = self._mem_peak if self._mem_peak > self._mem_refused else self._mem_refused
+        cdef int64_t used = (self._mem_peak if self._mem_peak > self._mem_refused
+                             else self._mem_refused)
         cdef int64_t live
         cdef fp_mem *m = fp_tls_mem
         if self._gen and m != NULL and m.s.active and m.s.owner_gen == self._gen:
@@ -763,7 +764,7 @@ cdef class _EnforcerCore:
 
 
 cdef inline bint _will_retry(_EnforcerCore core, _RuleState rule, ExecutionBudget budget,
-                            int64_t attempt, object exc) except -1:
+                             int64_t attempt, object exc) except -1:
     return (attempt < rule.max_attempts and isinstance(exc, core._transient)
             and budget.remaining_ns_c() >= rule.backoff_ns)
 
@@ -859,7 +860,7 @@ def _measure_arm_disarm(Py_ssize_t n):
     isolated from Python (benchmarks and the selftest report it)."""
     cdef fp_slot *slot = fp_slot_get()
     cdef fp_saved saved
-    cdef Py_ssize_t i
+    cdef Py_ssize_t _
     cdef uint64_t gen
     cdef int64_t t0, deadline
     if slot == NULL:
@@ -868,7 +869,7 @@ def _measure_arm_disarm(Py_ssize_t n):
         raise InvalidConfiguration(f"n must be >= 1, got {n}")
     deadline = fp_now_ns() + 3600 * 1000000000
     t0 = fp_now_ns()
-    for i in range(n):
+    for _ in range(n):
         gen = fp_arm(slot, &saved, deadline, FP_TIMEOUT, 500000, 1)
         fp_disarm(slot, &saved, gen)
     return (fp_now_ns() - t0) / n

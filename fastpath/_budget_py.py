@@ -116,7 +116,8 @@ class ExecutionConstraints:
         setter(
             self,
             "_cpu_allowance_ns",
-            None if cpu_shares is None else min(max_exec_ms * cpu_shares * 10_000, _config.INT64_MAX),
+            None if cpu_shares is None
+            else min(max_exec_ms * cpu_shares * 10_000, _config.INT64_MAX),
         )
         setter(self, "_memory_limit", memory_limit)
         setter(self, "_always", rate >= 1.0)
@@ -237,8 +238,8 @@ def _reseed_sampler(seed: int) -> None:
 class ExecutionStats:
     """What one budget measured.  See the README's "What the figures mean"."""
 
-    __slots__ = ("elapsed_ns", "memory_used_bytes", "cpu_time_us", "cpu_time_measured", "violations",
-                 "memory_allocated_bytes", "memory_peak_bytes")
+    __slots__ = ("elapsed_ns", "memory_used_bytes", "cpu_time_us", "cpu_time_measured",
+                 "violations", "memory_allocated_bytes", "memory_peak_bytes")
 
     elapsed_ns: int
     memory_used_bytes: int
@@ -625,7 +626,8 @@ class ExecutionBudget:
             interrupt_at = self._deadline_ns
         else:  # fail open: stop only a runaway, at twice its budget
             interrupt_at = self._deadline_ns + c._max_exec_ns
-        saved = (slot.armed_gen, slot.interrupt_at, slot.cpu_gen, slot.cpu_limit, slot.cpu_interrupt)
+        saved = (slot.armed_gen, slot.interrupt_at, slot.cpu_gen, slot.cpu_limit,
+                 slot.cpu_interrupt)
         slot.next_gen += 1
         gen = slot.next_gen
         if slot.armed_gen == 0 or interrupt_at < slot.interrupt_at:
@@ -657,7 +659,9 @@ class ExecutionBudget:
                     mask |= 1 << slot.fire_kind
                 due = interrupt_at if slot.fire_kind == TIMEOUT else slot.fire_ns
                 self._raised = True
-                raise self._violation(mask, True, _stopped_in_time(self._stop_ns, due))
+                # the interrupt stays as __context__, as in the compiled core
+                raise self._violation(  # noqa: B904
+                    mask, True, _stopped_in_time(self._stop_ns, due))
             raise
         mask = self._finish(fn_start, outer)
         if mask:

@@ -134,11 +134,11 @@ def check_replace_keys(changes: Mapping[str, Any]) -> None:
 
 
 def as_dict(values: Normalized) -> Dict[str, Any]:
-    return dict(zip(FIELDS, values))
+    return dict(zip(FIELDS, values, strict=True))
 
 
 def format_repr(values: Normalized) -> str:
-    body = ", ".join(f"{name}={value!r}" for name, value in zip(FIELDS, values))
+    body = ", ".join(f"{name}={value!r}" for name, value in zip(FIELDS, values, strict=True))
     return f"ExecutionConstraints({body})"
 
 

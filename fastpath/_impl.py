@@ -7,20 +7,14 @@ error propagates: fastpath never falls back silently.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
 NO_EXTENSIONS = os.environ.get("FASTPATH_NO_EXTENSIONS", "").strip() not in ("", "0")
 
-core: ModuleType
-histogram: ModuleType
-if NO_EXTENSIONS:
-    from . import _budget_py as core
-    from . import _histogram_py as histogram
+IMPLEMENTATION = "python" if NO_EXTENSIONS else "compiled"
+_SUFFIX = "_py" if NO_EXTENSIONS else ""
 
-    IMPLEMENTATION = "python"
-else:
-    from . import _budget as core  # type: ignore[attr-defined, no-redef]
-    from . import _histogram as histogram  # type: ignore[attr-defined, no-redef]
-
-    IMPLEMENTATION = "compiled"
+core: ModuleType = importlib.import_module(f"{__package__}._budget{_SUFFIX}")
+histogram: ModuleType = importlib.import_module(f"{__package__}._histogram{_SUFFIX}")

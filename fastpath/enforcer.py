@@ -235,7 +235,7 @@ class _EnforcerAPI:
         for rule_type in _RULE_ORDER:
             state = self._rule_state(rule_type)
             *counts, by_kind = state.counters()
-            entry: Dict[str, Any] = dict(zip(_COUNTER_NAMES, counts))
+            entry: Dict[str, Any] = dict(zip(_COUNTER_NAMES, counts, strict=True))
             entry["violations"] = {ConstraintViolationType(k): n for k, n in by_kind.items()}
             entry["latency"] = state.histogram.summary()
             out[rule_type] = entry
@@ -295,7 +295,9 @@ def _check_fallbacks(fallbacks: Optional[Mapping[RuleType, Any]]) -> Dict[RuleTy
     if fallbacks is None:
         return {}
     if not isinstance(fallbacks, Mapping):
-        raise InvalidConfiguration(f"fallbacks must be a mapping RuleType -> value, got {fallbacks!r}")
+        raise InvalidConfiguration(
+            f"fallbacks must be a mapping RuleType -> value, got {fallbacks!r}"
+        )
     for key in fallbacks:
         if not isinstance(key, RuleType):
             raise InvalidConfiguration(f"fallbacks keys must be RuleType members, got {key!r}")
@@ -312,6 +314,7 @@ def _check_transient(errors: Any) -> Tuple[Type[Exception], ...]:
     for cls in errors:
         if not (isinstance(cls, type) and issubclass(cls, Exception)):
             raise InvalidConfiguration(
-                f"transient_errors must hold Exception subclasses (never BaseException), got {cls!r}"
+                "transient_errors must hold Exception subclasses (never BaseException), "
+                f"got {cls!r}"
             )
     return errors

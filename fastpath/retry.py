@@ -507,6 +507,6 @@ def _ms(name: str, value: Any) -> int:
 
 def _restore(*values: Any) -> RetryPolicy:
     policy = object.__new__(RetryPolicy)
-    for name, value in zip(_SLOTS, values):
+    for name, value in zip(_SLOTS, values, strict=True):
         object.__setattr__(policy, name, value)
     return policy

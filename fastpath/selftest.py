@@ -166,7 +166,7 @@ def check_preemption() -> str:
     for where in ("main", "worker"):
         box: Dict[str, Any] = {}
 
-        def run() -> None:
+        def run(box: Dict[str, Any] = box) -> None:
             try:
                 ExecutionConstraints(10).create_budget().enforce(_spin)
             except ConstraintViolation as exc:
@@ -334,7 +334,8 @@ def print_report(report: Dict[str, Any], paint: Painter) -> None:
         print(f"  build           Cython {b['cython']}, {b['kind']}, {b['cflags']}")
         print(f"  directives      {b['directives']}")
     p = info["preemption"]
-    print(f"  python          {info['python']} ({info['machine']}); clock {p.get('clock', 'CLOCK_MONOTONIC')}; "
+    print(f"  python          {info['python']} ({info['machine']}); "
+          f"clock {p.get('clock', 'CLOCK_MONOTONIC')}; "
           f"main-thread interrupts via {p['main_thread']}"
           + (f" (signal {p['signal']})" if p["signal"] else ""))
     print()

@@ -60,4 +60,5 @@ def _preemption_stays_on():
 
 
 def pytest_report_header(config):
-    return f"fastpath {fastpath.__version__}: default core {fastpath.IMPLEMENTATION}; python {sys.version.split()[0]}"
+    return (f"fastpath {fastpath.__version__}: default core {fastpath.IMPLEMENTATION}; "
+            f"python {sys.version.split()[0]}")

@@ -90,7 +90,8 @@ def test_a_call_within_limits_returns_its_value(fp):
     e = fp.ConstraintEnforcer(audit_sink=Sink())
     assert e.execute_with_constraints(fp.RuleType.FAST, lambda a, *, b: a + b, 1, b=2) == 3
     # keywords named like the method's own parameters reach fn
-    assert e.execute_with_constraints(fp.RuleType.FAST, dict, fn=1, rule_type=2) == {"fn": 1, "rule_type": 2}
+    assert e.execute_with_constraints(fp.RuleType.FAST, dict, fn=1, rule_type=2) == {
+        "fn": 1, "rule_type": 2}
     m = e.metrics()[fp.RuleType.FAST]
     assert (m["calls"], m["executed"], m["fail_open"], m["fail_closed"]) == (2, 2, 0, 0)
     assert e._audit_sink.events == []

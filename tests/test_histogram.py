@@ -55,7 +55,7 @@ def test_lognormal_percentiles_match_numpy_within_one_percent(fp, median_ns, sig
     data = np.clip(rng.lognormal(math.log(median_ns), sigma, 50_000), 0, HOUR_NS).astype(np.int64)
     hist = _filled(fp, data)
     summary = hist.summary()
-    for q, key in zip(QUANTILES, ("p50_ns", "p90_ns", "p99_ns", "p999_ns")):
+    for q, key in zip(QUANTILES, ("p50_ns", "p90_ns", "p99_ns", "p999_ns"), strict=True):
         exact = int(np.percentile(data, q, method="inverted_cdf"))
         got = hist.percentile(q)
         assert got == summary[key]
@@ -431,9 +431,6 @@ def test_the_histogram_is_exported_from_the_selected_core(fp):
 @pytest.mark.slow
 def test_another_cython_module_can_cimport_the_histogram(tmp_path):
     """The C-level API belongs to the compiled core only."""
-    from conftest import make_namespace
-
-    fp = make_namespace("compiled")
     (tmp_path / "hprobe.pyx").write_text(textwrap.dedent("""
         # cython: language_level=3
         from fastpath._histogram cimport LatencyHistogram

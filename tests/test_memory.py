@@ -85,7 +85,7 @@ def test_temporaries_that_are_freed_do_not_count_against_the_cap(fp):
 def test_growing_a_list_with_realloc_is_counted(fp):
     def grow():
         items = []
-        for i in range(100_000):
+        for _ in range(100_000):
             items.append(None)
         return items
 
@@ -279,7 +279,8 @@ b.enforce(lambda: [str(i) for i in range(2000)])
 peak = b.stats().memory_peak_bytes
 assert 80_000 < peak < 600_000, peak
 try:
-    ExecutionConstraints(10_000, memory_limit_bytes=2**20).create_budget().enforce(lambda: [0] * 2**20)
+    capped = ExecutionConstraints(10_000, memory_limit_bytes=2**20)
+    capped.create_budget().enforce(lambda: [0] * 2**20)
 except ConstraintViolation as exc:
     assert exc.kind.name == "MEMORY_EXCEEDED"
 else:

@@ -24,7 +24,8 @@ def _run(code: str, **env: str) -> str:
 
 
 def test_compiled_core_is_what_import_fastpath_loads_by_default():
-    out = _run("import fastpath; print(fastpath.IMPLEMENTATION, type(fastpath.ExecutionBudget).__name__,"
+    out = _run("import fastpath; print(fastpath.IMPLEMENTATION,"
+               " type(fastpath.ExecutionBudget).__name__,"
                " fastpath.core.__file__)")
     kind, meta, path = out.split()
     assert kind == "compiled"

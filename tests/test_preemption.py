@@ -119,7 +119,8 @@ def test_nested_inner_budget_expires_first(fp):
             return ("inner stopped", exc.kind)
         return "inner ran to the end"
 
-    assert outer.enforce(outer_rule) == ("inner stopped", fp.ConstraintViolationType.TIMEOUT_EXCEEDED)
+    expected = ("inner stopped", fp.ConstraintViolationType.TIMEOUT_EXCEEDED)
+    assert outer.enforce(outer_rule) == expected
     assert outer.get_violations() == []
     assert inner_budgets[0].get_violations() == [fp.ConstraintViolationType.TIMEOUT_EXCEEDED]
 
@@ -164,7 +165,7 @@ def test_calls_ending_right_at_their_deadline_never_leak_an_interrupt(fp, where)
             budget = fp.ExecutionConstraints(1).create_budget()
             target = time.monotonic() + 0.001 + rng.uniform(-0.0003, 0.0003)
 
-            def until_target() -> str:
+            def until_target(target: float = target) -> str:
                 while time.monotonic() < target:
                     pass
                 return "done"
@@ -332,8 +333,8 @@ def test_the_watchdog_works_in_a_forked_child(fp):
 def test_interpreter_shutdown_with_a_budget_armed(fp, scenario):
     body = {
         "daemon-armed": """
-            t = threading.Thread(target=lambda: ExecutionConstraints(60_000).create_budget().enforce(spin, 30),
-                                 daemon=True)
+            long = ExecutionConstraints(60_000)
+            t = threading.Thread(target=lambda: long.create_budget().enforce(spin, 30), daemon=True)
             t.start(); time.sleep(0.05); print("bye")
         """,
         "daemon-expiring": """
