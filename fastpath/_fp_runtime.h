@@ -360,6 +360,12 @@ static fp_slot *fp_slot_create(void)
     s->mem.s.active = 0;
     s->mem.tripped = 0;
     s->mem.trip_gen = 0;
+    if (s->next_gen == 0) {
+        /* Generations are unique across slots too (2**40 per slot): a budget
+         * looked at from another thread can never match this thread's call. */
+        static uint64_t slot_serial = 0;
+        s->next_gen = ++slot_serial << 40;
+    }
     s->thread = pthread_self();
     s->py_ident = PyThread_get_thread_ident();
     s->has_cpu_clock = (pthread_getcpuclockid(s->thread, &s->cpu_clock) == 0);
