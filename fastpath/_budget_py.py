@@ -626,6 +626,11 @@ class ExecutionBudget:
             interrupt_at = self._deadline_ns
         else:  # fail open: stop only a runaway, at twice its budget
             interrupt_at = self._deadline_ns + c._max_exec_ns
+        cpu_start = _thread_cpu_ns()
+        # From the first arming store to the end of the disarm there is no call
+        # (the GIL, and with it an interrupt, only changes hands at a call or a
+        # backward jump), except fn itself: an interrupt lands inside the try,
+        # or is cleared before anything else runs.
         saved = (slot.armed_gen, slot.interrupt_at, slot.cpu_gen, slot.cpu_limit,
                  slot.cpu_interrupt)
         slot.next_gen += 1
@@ -640,16 +645,16 @@ class ExecutionBudget:
         self._stop_ns = 0
         outer = (self._gen, self._cpu_start)
         self._gen = gen
-        self._cpu_start = _thread_cpu_ns()
-        fired = False
-        disarmed = False
+        self._cpu_start = cpu_start
         try:
             result = fn(*args, **kwargs)
-            fired = _disarm(slot, saved, gen)
-            disarmed = True
         except BaseException as exc:
-            if not disarmed:
-                fired = _disarm(slot, saved, gen)
+            slot.armed_gen, slot.interrupt_at = saved[0], saved[1]
+            if slot.cpu_gen == gen:
+                slot.cpu_gen, slot.cpu_limit, slot.cpu_interrupt = saved[2], saved[3], saved[4]
+            fired = slot.fire_gen == gen
+            if fired:
+                _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
             mask = self._finish(fn_start, outer)
             if isinstance(exc, ExecutionInterrupted):
                 if not fired:
@@ -663,6 +668,12 @@ class ExecutionBudget:
                 raise self._violation(  # noqa: B904
                     mask, True, _stopped_in_time(self._stop_ns, due))
             raise
+        slot.armed_gen, slot.interrupt_at = saved[0], saved[1]
+        if slot.cpu_gen == gen:
+            slot.cpu_gen, slot.cpu_limit, slot.cpu_interrupt = saved[2], saved[3], saved[4]
+        fired = slot.fire_gen == gen
+        if fired:
+            _set_async_exc(slot.ident, _CLEAR)
         mask = self._finish(fn_start, outer)
         if mask:
             self._raised = True
@@ -809,16 +820,6 @@ def _stopped_in_time(end: int, due: int) -> bool:
     """Did the call stop soon after its interrupt was due (at an eval-breaker
     check), rather than when a blocking C call finally returned?"""
     return end - due <= DELIVERY_SLACK_NS + int(sys.getswitchinterval() * 1e9)
-
-
-def _disarm(slot: _Slot, saved: Tuple[Any, ...], gen: int) -> bool:
-    (slot.armed_gen, slot.interrupt_at, cpu_gen, cpu_limit, cpu_interrupt) = saved
-    if slot.cpu_gen == gen:
-        slot.cpu_gen, slot.cpu_limit, slot.cpu_interrupt = cpu_gen, cpu_limit, cpu_interrupt
-    if slot.fire_gen == gen:
-        _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
-        return True
-    return False
 
 
 __all__ = [

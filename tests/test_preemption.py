@@ -356,3 +356,29 @@ def test_interpreter_shutdown_with_a_budget_armed(fp, scenario):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "bye"
     assert "Fatal" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_twin_never_leaks_an_interrupt_fired_at_the_edges_of_a_call(monkeypatch):
+    """The twin reads the CPU clock right around arming and disarming; an
+    interrupt fired there (as the watchdog may) must never escape enforce()."""
+    from fastpath import _budget_py as twin
+
+    real_clock = twin._thread_cpu_ns
+
+    def clock_that_fires() -> int:
+        slot = twin._slot()
+        for gen in (slot.armed_gen, slot.cpu_gen):
+            if gen:
+                twin._fire(slot, gen, twin.TIMEOUT)
+        return real_clock()
+
+    monkeypatch.setattr(twin, "_thread_cpu_ns", clock_that_fires)
+    outcomes = {"ok": 0, "violation": 0}
+    for _ in range(200):
+        try:
+            twin.ExecutionConstraints(10_000, cpu_shares=50).create_budget().enforce(abs, -1)
+            outcomes["ok"] += 1
+        except twin.ConstraintViolation:
+            outcomes["violation"] += 1
+        _after_call_code()      # a stray interrupt would surface here
+    assert sum(outcomes.values()) == 200
