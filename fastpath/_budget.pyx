@@ -87,6 +87,7 @@ cdef extern from "_fp_runtime.h":
     int fp_wd_running
     int fp_wd_membarrier
     int fp_tsc_usable
+    int fp_fast_gil
     int fp_tsc_ready
     double fp_ns_per_tick
     uint64_t fp_wd_ticks
@@ -847,6 +848,7 @@ def preemption_info():
         "watchdog_running": bool(fp_wd_running),
         "watchdog_tick_ns": FP_WD_TICK_NS,
         "membarrier": bool(fp_wd_membarrier),
+        "fast_gil_handover": bool(fp_fast_gil),
         "clock": "tsc" if fp_tsc_ready else "CLOCK_MONOTONIC",
         "ticks": fp_wd_ticks,
         "interrupts_sent": fp_wd_fires,
@@ -903,7 +905,7 @@ def _kernel_clocksource():
 
 
 def _init_module():
-    global fp_interrupt_type, fp_preempt_enabled, fp_tsc_usable
+    global fp_interrupt_type, fp_preempt_enabled, fp_tsc_usable, fp_fast_gil
     fp_interrupt_type = <PyObject *>ExecutionInterrupted   # module keeps it alive
     # Read the TSC directly only where the kernel's own clock is the TSC;
     # FASTPATH_CLOCK=monotonic forces the kernel clock.
@@ -911,6 +913,11 @@ def _init_module():
     if clock not in ("", "tsc", "monotonic"):
         raise InvalidConfiguration(f"FASTPATH_CLOCK must be 'tsc' or 'monotonic', got {clock!r}")
     fp_tsc_usable = 1 if (clock != "monotonic" and _kernel_clocksource() == "tsc") else 0
+    fast_gil = _os.environ.get("FASTPATH_FAST_GIL", "").strip().lower()
+    if fast_gil in ("0", "off", "no", "false"):
+        fp_fast_gil = 0
+    elif fast_gil not in ("", "1", "on", "yes", "true"):
+        raise InvalidConfiguration(f"FASTPATH_FAST_GIL must be 0 or 1, got {fast_gil!r}")
     flag = _os.environ.get("FASTPATH_PREEMPT", "").strip().lower()
     if flag in ("0", "off", "no", "false"):
         fp_preempt_enabled = 0

@@ -382,3 +382,17 @@ def test_twin_never_leaks_an_interrupt_fired_at_the_edges_of_a_call(monkeypatch)
             outcomes["violation"] += 1
         _after_call_code()      # a stray interrupt would surface here
     assert sum(outcomes.values()) == 200
+
+
+def test_interrupting_a_worker_leaves_the_switch_interval_as_it_was(fp):
+    before = sys.getswitchinterval()
+    box = in_thread(lambda: fp.ExecutionConstraints(5).create_budget().enforce(spin))
+    assert isinstance(box.get("error"), fp.ConstraintViolation)
+    assert sys.getswitchinterval() == before
+    sys.setswitchinterval(0.002)
+    try:
+        box = in_thread(lambda: fp.ExecutionConstraints(5).create_budget().enforce(spin))
+        assert isinstance(box.get("error"), fp.ConstraintViolation)
+        assert sys.getswitchinterval() == 0.002
+    finally:
+        sys.setswitchinterval(before)
