@@ -10,7 +10,8 @@ import os
 import platform
 import sys
 import types
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 import fastpath
 from fastpath import _budget_py, _histogram_py, enforcer, errors
@@ -103,7 +104,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_info(clock: str | None = None) -> Dict[str, Any]:
+def machine_info(clock: str | None = None) -> dict[str, Any]:
     """CPU model, cores, Python, fastpath's clock (after its watchdog calibrated it)."""
     if clock is None and _compiled is not None:
         clock = _compiled.preemption_info()["clock"]

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _support  # noqa: E402
+import _support
 
 
 @pytest.fixture(params=_support.IMPLS)

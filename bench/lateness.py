@@ -27,14 +27,15 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _support  # noqa: E402
+import _support
 
-from fastpath import ConstraintViolation  # noqa: E402
+from fastpath import ConstraintViolation
 
 DEADLINE_MS = 5
 DEADLINE_NS = DEADLINE_MS * 1_000_000
@@ -48,11 +49,11 @@ def spin() -> None:
         n += 1
 
 
-def lateness_samples(kind: str, n: int) -> List[int]:
+def lateness_samples(kind: str, n: int) -> list[int]:
     """``n`` lateness figures (ns) of ``spin`` under a 5 ms fail-closed budget,
     in the calling thread, on core ``kind`` ("compiled" or "python")."""
     constraints = _support.core(kind).ExecutionConstraints(DEADLINE_MS)
-    out: List[int] = []
+    out: list[int] = []
     for i in range(WARMUP_CALLS + n):
         try:
             constraints.create_budget().enforce(spin)
@@ -68,7 +69,7 @@ def lateness_samples(kind: str, n: int) -> List[int]:
 
 def in_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` in a new thread while this one waits; return its result."""
-    box: Dict[str, Any] = {}
+    box: dict[str, Any] = {}
 
     def target() -> None:
         try:
@@ -84,13 +85,13 @@ def in_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return box["result"]
 
 
-def percentile(sorted_values: List[float], q: float) -> float:
+def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of already sorted values."""
     rank = max(1, math.ceil(q / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
 
 
-def describe(samples: List[int]) -> Dict[str, Any]:
+def describe(samples: list[int]) -> dict[str, Any]:
     ordered = sorted(samples)
     return {
         "n": len(ordered),
@@ -108,7 +109,7 @@ def _per_call_ns(fn: Callable[[], Any], n: int) -> float:
     return (time.perf_counter_ns() - t0) / n
 
 
-def timeout_cost(repeats: int = 7) -> Dict[str, Any]:
+def timeout_cost(repeats: int = 7) -> dict[str, Any]:
     """Per-call ns of func_timeout(1.0, f) vs fastpath's create_budget().enforce(f), and f()."""
     from func_timeout import func_timeout
 
@@ -128,7 +129,7 @@ def timeout_cost(repeats: int = 7) -> Dict[str, Any]:
             "f": (bare, 20_000)}
     for fn, n in arms.values():  # warm-up
         _per_call_ns(fn, max(1, n // 10))
-    runs: Dict[str, List[float]] = {name: [] for name in arms}
+    runs: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(repeats):
         for name, (fn, n) in arms.items():
             runs[name].append(_per_call_ns(fn, n))
@@ -143,7 +144,7 @@ def timeout_cost(repeats: int = 7) -> Dict[str, Any]:
     }
 
 
-def run(n: int = 200, twin_n: int = 100) -> Dict[str, Any]:
+def run(n: int = 200, twin_n: int = 100) -> dict[str, Any]:
     """Every figure of goal 13; ``n`` calls per compiled series, ``twin_n`` for the twin."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("lateness.run() must be called from the main thread")

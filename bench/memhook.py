@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ for line in sys.stdin:
 
 
 class Worker:
-    def __init__(self, name: str, env: Dict[str, str], expect: str) -> None:
+    def __init__(self, name: str, env: dict[str, str], expect: str) -> None:
         self.name = name
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER], cwd=ROOT, env=env, text=True,
@@ -91,14 +91,14 @@ class Worker:
             self.proc.wait()
 
 
-def _env(no_extensions: bool) -> Dict[str, str]:
+def _env(no_extensions: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "FASTPATH_NO_EXTENSIONS"}
     if no_extensions:
         env["FASTPATH_NO_EXTENSIONS"] = "1"
     return env
 
 
-def run(rounds: int = 15, calls: int = 2000, processes: int = 3) -> Dict[str, Any]:
+def run(rounds: int = 15, calls: int = 2000, processes: int = 3) -> dict[str, Any]:
     """``rounds`` rounds; in each, every worker runs one batch of ``calls`` work() calls.
 
     ``processes`` workers per arm: one process's memory layout can make it a
@@ -108,19 +108,19 @@ def run(rounds: int = 15, calls: int = 2000, processes: int = 3) -> Dict[str, An
     plain, ... (the order reversed every other round); the round's figure is
     median(hooked) / median(plain) and the result the median over rounds.
     """
-    workers: List[Worker] = []
+    workers: list[Worker] = []
     try:
         for i in range(processes):
             workers.append(Worker(f"plain-{i}", _env(True), "python"))
             workers.append(Worker(f"hooked-{i}", _env(False), "compiled"))
         for worker in workers:  # warm-up
             worker.batch(calls)
-        plain_ns: List[float] = []
-        hooked_ns: List[float] = []
-        ratios: List[float] = []
+        plain_ns: list[float] = []
+        hooked_ns: list[float] = []
+        ratios: list[float] = []
         for r in range(rounds):
             order = workers if r % 2 == 0 else workers[::-1]
-            got: Dict[str, List[float]] = {"plain": [], "hooked": []}
+            got: dict[str, list[float]] = {"plain": [], "hooked": []}
             for worker in order:
                 got[worker.name.split("-")[0]].append(worker.batch(calls))
             plain_ns += got["plain"]

@@ -31,8 +31,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -66,7 +67,7 @@ OK, MISS = "✓", "✗"
 
 # ------------------------------------------------------------------ measurements
 
-def run_pytest(stat: str, quick: bool, extra: List[str]) -> int:
+def run_pytest(stat: str, quick: bool, extra: list[str]) -> int:
     cmd = [sys.executable, "-m", "pytest", "bench", f"--benchmark-json={LATEST}", *PYTEST_ARGS]
     if quick:
         cmd += QUICK_ARGS
@@ -76,14 +77,14 @@ def run_pytest(stat: str, quick: bool, extra: List[str]) -> int:
     return subprocess.call(cmd, cwd=ROOT)
 
 
-def measure_arm_disarm(repeats: int = 7) -> Dict[str, Any]:
+def measure_arm_disarm(repeats: int = 7) -> dict[str, Any]:
     from fastpath import _budget
 
     runs = [_budget._measure_arm_disarm(1_000_000) for _ in range(repeats)]
     return {"ns_per_pair": statistics.median(runs), "runs": runs, "pairs_per_run": 1_000_000}
 
 
-def run_extras(quick: bool) -> Dict[str, Any]:
+def run_extras(quick: bool) -> dict[str, Any]:
     import lateness
     import memhook
 
@@ -101,9 +102,9 @@ def run_extras(quick: bool) -> Dict[str, Any]:
 class Results:
     """pytest-benchmark's figures by (key, impl), in ns per call, for one statistic."""
 
-    def __init__(self, data: Dict[str, Any], stat: str) -> None:
+    def __init__(self, data: dict[str, Any], stat: str) -> None:
         self.stat = stat
-        self.by: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        self.by: dict[tuple[str, str], dict[str, Any]] = {}
         for bench in data["benchmarks"]:
             info = bench["extra_info"]
             self.by[(info["key"], info["impl"])] = bench
@@ -117,7 +118,7 @@ class Results:
         """Per call (per iteration), as measured."""
         return self.by[(key, impl)]["stats"][self.stat] * 1e9
 
-    def info(self, key: str, impl: str) -> Dict[str, Any]:
+    def info(self, key: str, impl: str) -> dict[str, Any]:
         return self.by[(key, impl)]["extra_info"]
 
     @property
@@ -148,7 +149,7 @@ class Results:
         return value
 
 
-def fmt_ns(ns: Optional[float]) -> str:
+def fmt_ns(ns: float | None) -> str:
     if ns is None:
         return "—"
     if abs(ns) >= 100_000:
@@ -158,7 +159,7 @@ def fmt_ns(ns: Optional[float]) -> str:
     return f"{ns:,.1f} ns"
 
 
-def fmt_x(x: Optional[float]) -> str:
+def fmt_x(x: float | None) -> str:
     if x is None:
         return "—"
     if x == math.inf:
@@ -177,15 +178,15 @@ def ratio(num: float, den: float) -> float:
 
 # ------------------------------------------------------------------ goals
 
-Goal = Dict[str, Any]
+Goal = dict[str, Any]
 
 
-def goals(r: Results, extras: Dict[str, Any]) -> Tuple[List[Goal], List[Goal]]:
+def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
     """The goals (one row each) and the reference rows."""
     f = r.f
-    rows: List[Goal] = []
+    rows: list[Goal] = []
 
-    def add(num: str, name: str, compute: Callable[[], Tuple[str, bool, Any]], target: str) -> None:
+    def add(num: str, name: str, compute: Callable[[], tuple[str, bool, Any]], target: str) -> None:
         try:
             measured, ok, value = compute()
         except (KeyError, ZeroDivisionError, TypeError) as exc:
@@ -203,7 +204,7 @@ def goals(r: Results, extras: Dict[str, Any]) -> Tuple[List[Goal], List[Goal]]:
             return f"{fmt_x(x)} f() ({what}{fmt_ns(value)}; f() {fmt_ns(f)})", x <= limit, x
         return compute
 
-    def cheaper(peer: Tuple[str, str], ours: Tuple[str, str], limit: float, overhead: bool,
+    def cheaper(peer: tuple[str, str], ours: tuple[str, str], limit: float, overhead: bool,
                 peer_name: str):
         def compute():
             p = r.cost(*peer) if overhead else r.ns(*peer)
@@ -247,8 +248,8 @@ def goals(r: Results, extras: Dict[str, Any]) -> Tuple[List[Goal], List[Goal]]:
     def lateness_row(name: str, limit_key: str):
         def compute():
             d = late[name]
-            return (f"p99 {d['p99_ns'] / 1e3:,.0f} µs (median {d['median_ns'] / 1e3:,.0f} µs, "
-                    f"max {d['max_ns'] / 1e3:,.0f} µs, n={d['n']})",
+            return ((f"p99 {d['p99_ns'] / 1e3:,.0f} µs (median {d['median_ns'] / 1e3:,.0f} µs, "
+                    f"max {d['max_ns'] / 1e3:,.0f} µs, n={d['n']})"),
                     d["p99_ns"] <= late[limit_key], d["p99_ns"])
         return compute
     add("13a", "preemption lateness, main thread (5 ms budget, busy loop)",
@@ -262,9 +263,9 @@ def goals(r: Results, extras: Dict[str, Any]) -> Tuple[List[Goal], List[Goal]]:
 
     def hook_row():
         x = hook["ratio"]
-        return (f"{fmt_x(x)} ({fmt_ns(hook['hooked_median_ns'])} vs "
+        return ((f"{fmt_x(x)} ({fmt_ns(hook['hooked_median_ns'])} vs "
                 f"{fmt_ns(hook['plain_median_ns'])}; rounds {hook['ratio_min']:.3f}–"
-                f"{hook['ratio_max']:.3f})", x <= hook["goal_ratio"], x)
+                f"{hook['ratio_max']:.3f})"), x <= hook["goal_ratio"], x)
     add("14", "idle allocator hook on `[str(i) for i in range(200)]` (2 processes)", hook_row,
         "≤ 1.05× (+5 %)")
 
@@ -277,7 +278,7 @@ def goals(r: Results, extras: Dict[str, Any]) -> Tuple[List[Goal], List[Goal]]:
     add("15", "same workload inside an active memory-limited budget", memory_row, "≤ 1.5×")
 
     # -- reference rows (no goal) ---------------------------------------------
-    refs: List[Goal] = []
+    refs: list[Goal] = []
 
     def ref(name: str, compute: Callable[[], str], note: str) -> None:
         try:
@@ -356,7 +357,7 @@ def _throughput(r: Results, threads: int, impl: str) -> Callable[[], str]:
 
 # (label, key, kind, peers): kind "per call" = the call's own time; "overhead" =
 # minus f() (see Results.cost).  One row per peer (or one row without a peer).
-OPERATIONS: List[Tuple[str, str, str, List[str]]] = [
+OPERATIONS: list[tuple[str, str, str, list[str]]] = [
     ("clock read: budget.is_timeout()", "is_timeout", "per call", ["time.monotonic_ns()"]),
     ("budget.elapsed_ns()", "elapsed_ns", "per call", []),
     ("budget.check(), no violation", "check", "per call", []),
@@ -381,7 +382,7 @@ OPERATIONS: List[Tuple[str, str, str, List[str]]] = [
 ]
 
 
-def operation_value(r: Results, key: str, impl: str) -> Optional[float]:
+def operation_value(r: Results, key: str, impl: str) -> float | None:
     """ns per call for the operations table (None: not applicable / not measured)."""
     try:
         if key == "memory":
@@ -399,13 +400,13 @@ def operation_value(r: Results, key: str, impl: str) -> Optional[float]:
         return None
 
 
-def _positive_ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
+def _positive_ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or num <= 0:
         return None
     return ratio(num, den)
 
 
-def operations(r: Results) -> List[Dict[str, Any]]:
+def operations(r: Results) -> list[dict[str, Any]]:
     rows = []
     for label, key, kind, peers in OPERATIONS:
         compiled = operation_value(r, key, "compiled")
@@ -424,29 +425,29 @@ def operations(r: Results) -> List[Dict[str, Any]]:
 
 # ------------------------------------------------------------------ report
 
-def machine_lines(machine: Dict[str, Any], stat: str, f_ns: float) -> List[str]:
+def machine_lines(machine: dict[str, Any], stat: str, f_ns: float) -> list[str]:
     return [
-        f"- machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
-        f"{machine['platform']}",
-        f"- fastpath {machine['fastpath']}, clock: {machine['fastpath_clock']} "
+        (f"- machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
+        f"{machine['platform']}"),
+        (f"- fastpath {machine['fastpath']}, clock: {machine['fastpath_clock']} "
         f"(`preemption_info()['clock']`), main-thread preemption: {machine['preemption']}, "
-        f"switch interval {machine['switch_interval_s'] * 1e3:g} ms",
-        f"- statistic: the **{stat}** of pytest-benchmark's rounds, ns per call; GC enabled; "
-        f"reference `f()` (`def f(): pass`) = {fmt_ns(f_ns)} in this run",
-        "- overhead = T(op) − T(f()) for operations that call f (a wrapper around the "
+        f"switch interval {machine['switch_interval_s'] * 1e3:g} ms"),
+        (f"- statistic: the **{stat}** of pytest-benchmark's rounds, ns per call; GC enabled; "
+        f"reference `f()` (`def f(): pass`) = {fmt_ns(f_ns)} in this run"),
+        ("- overhead = T(op) − T(f()) for operations that call f (a wrapper around the "
         "expression is compared with the same wrapper around `f()`); other figures are the "
-        "call's own time, pytest-benchmark's loop included",
+        "call's own time, pytest-benchmark's loop included"),
     ]
 
 
-def table(header: List[str], rows: List[List[str]]) -> List[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return out
 
 
-def render(r: Results, machine: Dict[str, Any], goal_rows: List[Goal], refs: List[Goal],
-           ops: List[Dict[str, Any]], when: str) -> str:
+def render(r: Results, machine: dict[str, Any], goal_rows: list[Goal], refs: list[Goal],
+           ops: list[dict[str, Any]], when: str) -> str:
     held = sum(1 for g in goal_rows if g["ok"])
     lines = [f"# fastpath benchmark — {when}", ""]
     lines += machine_lines(machine, r.stat, r.f)
@@ -458,21 +459,21 @@ def render(r: Results, machine: Dict[str, Any], goal_rows: List[Goal], refs: Lis
     lines += table(["what", "measured", "note"], [[x["what"], x["measured"], x["note"]]
                                                   for x in refs])
     lines += ["", "## Every operation: compiled vs pure-Python twin vs peer", "",
-              "ns per call (`overhead` rows: minus `f()`); ratios are to the compiled core "
+              ("ns per call (`overhead` rows: minus `f()`); ratios are to the compiled core "
               "(RetryPolicy is pure Python in both cores: its figure is in the compiled column; "
-              "the twin has no allocator hook, so no memory-accounting figure).", ""]
+              "the twin has no allocator hook, so no memory-accounting figure)."), ""]
     lines += table(
         ["operation", "figure", "compiled", "twin", "twin ÷ compiled", "peer", "peer",
          "peer ÷ compiled"],
         [[o["operation"], o["kind"], fmt_ns(o["compiled_ns"]), fmt_ns(o["twin_ns"]),
           fmt_x(o["twin_over_compiled"]), o["peer"] or "—", fmt_ns(o["peer_ns"]),
           fmt_x(o["peer_over_compiled"])] for o in ops])
-    lines += ["", f"Raw data: `{LATEST.relative_to(ROOT)}` (pytest-benchmark), "
-              f"`{SUMMARY.relative_to(ROOT)}`; chart: `{CHART.relative_to(ROOT)}`.", ""]
+    lines += ["", (f"Raw data: `{LATEST.relative_to(ROOT)}` (pytest-benchmark), "
+              f"`{SUMMARY.relative_to(ROOT)}`; chart: `{CHART.relative_to(ROOT)}`."), ""]
     return "\n".join(lines)
 
 
-def chart(ops: List[Dict[str, Any]], f_ns: float, stat: str, machine: Dict[str, Any]) -> None:
+def chart(ops: list[dict[str, Any]], f_ns: float, stat: str, machine: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -480,8 +481,8 @@ def chart(ops: List[Dict[str, Any]], f_ns: float, stat: str, machine: Dict[str, 
 
     colors = {"compiled": "#1f77b4", "twin": "#ff7f0e", "peer": "#7f7f7f"}
     floor = 0.5
-    bars: List[Tuple[str, float, str, bool]] = []   # (label, value, role, clipped)
-    groups: List[Tuple[int, int, str]] = []
+    bars: list[tuple[str, float, str, bool]] = []   # (label, value, role, clipped)
+    groups: list[tuple[int, int, str]] = []
     seen = set()
     for o in ops:
         if o["key"].startswith("throughput_"):
@@ -503,7 +504,7 @@ def chart(ops: List[Dict[str, Any]], f_ns: float, stat: str, machine: Dict[str, 
                 groups.append((start, len(bars), o["operation"]))
 
     # One y slot per bar, a gap between operations.
-    ys: List[float] = []
+    ys: list[float] = []
     y = 0.0
     group_of = {}
     for gi, (start, end, _) in enumerate(groups):
@@ -547,9 +548,9 @@ def chart(ops: List[Dict[str, Any]], f_ns: float, stat: str, machine: Dict[str, 
 
 # ------------------------------------------------------------------ main
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    extra: List[str] = []
+    extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1:]
@@ -585,7 +586,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     machine = _support.machine_info(clock=info["clock"])
     machine["preemption"] = (f"signal {info['signal']}" if info["main_thread"] == "signal"
                              else info["main_thread"])
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     goal_rows, refs = goals(results, extras)
     ops = operations(results)
     report = render(results, machine, goal_rows, refs, ops, when)

@@ -14,7 +14,6 @@ import time
 import pytest
 from _support import HIST_VALUE, f, measure
 
-
 # -- clock read: time.monotonic_ns() vs budget.is_timeout() ----------------------
 
 def test_peer_monotonic_ns(benchmark):
