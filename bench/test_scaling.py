@@ -11,7 +11,7 @@ from _support import f
 from fastpath import ExecutionInterrupted
 
 HOUR_MS = 3_600_000
-ROUNDS = 10
+ROUNDS = 15
 # Calls per thread per round: about 20-40 ms of work per thread on either core.
 CALLS = {"compiled": 100_000, "python": 10_000}
 
