@@ -11,6 +11,7 @@ twin), ``"reference"`` (the bare ``f()``) or the peer library's name.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,14 @@ def pytest_report_header(config: pytest.Config) -> str:
     info = _support.machine_info()
     return (f"fastpath bench: {info['cpu']}, {info['cores']} cores, python {info['python']}, "
             f"default core {_support.fastpath.IMPLEMENTATION}")
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Drop the per-round timings from ``--benchmark-json`` (tens of MB; the stats stay).
+
+    ``FASTPATH_BENCH_KEEP_DATA=1`` keeps them.
+    """
+    if os.environ.get("FASTPATH_BENCH_KEEP_DATA", "").strip() in ("", "0"):
+        for bench in output_json.get("benchmarks", []):
+            bench.pop("data", None)
+            bench.get("stats", {}).pop("data", None)
