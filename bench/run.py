@@ -115,8 +115,9 @@ class Results:
         return (key, impl) in self.by
 
     def ns(self, key: str, impl: str) -> float:
-        """Per call (per iteration), as measured."""
-        return self.by[(key, impl)]["stats"][self.stat] * 1e9
+        """Per call: a round's figure divided by the calls of its inner loop."""
+        bench = self.by[(key, impl)]
+        return bench["stats"][self.stat] * 1e9 / bench["extra_info"].get("inner", 1)
 
     def info(self, key: str, impl: str) -> dict[str, Any]:
         return self.by[(key, impl)]["extra_info"]

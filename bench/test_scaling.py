@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from _support import f
+from _support import f, measure
 
 from fastpath import ExecutionInterrupted
 
@@ -118,6 +118,5 @@ def test_check_as_violations_accumulate(benchmark, fp, kinds):
 
     check()
     assert len(budget.get_violations()) == kinds, budget.get_violations()
-    benchmark.group = "scaling: check() as violations accumulate"
-    benchmark.extra_info.update(key=f"check_violations_{kinds}", impl=fp.kind, wrapper=True)
-    benchmark(check)
+    measure(benchmark, "scaling: check() as violations accumulate", f"check_violations_{kinds}",
+            fp.kind, check, wrapper=True)
