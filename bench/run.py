@@ -521,7 +521,7 @@ def chart(ops: list[dict[str, Any]], f_ns: float, stat: str, machine: dict[str, 
             ax.axhspan(ys[start] - 0.6, ys[end - 1] + 0.6, color="#f2f2f2", zorder=0)
         ax.text(1.005, (ys[start] + ys[end - 1]) / 2, label, transform=ax.get_yaxis_transform(),
                 va="center", ha="left", fontsize=8)
-    for i, (name, value, role, clipped) in enumerate(bars):
+    for i, (_name, value, role, clipped) in enumerate(bars):
         ax.barh(ys[i], value, color=colors[role], height=0.8, zorder=2,
                 hatch="//" if clipped else None)
         text = "≤ 0 (below resolution)" if clipped else fmt_ns(value)
