@@ -12,7 +12,9 @@ against and the implementation used where no compiler is available
 * The watchdog is a Python thread: it needs the GIL to act, so an interrupt
   lands up to ``sys.getswitchinterval()`` (5 ms by default) late in every
   thread, the main thread included.  It sends one interrupt per call and does
-  not re-send one the call swallowed.
+  not re-send one the call swallowed.  After 100 ms with nothing armed it looks
+  only every 50 ms; a new call wakes it, but a call armed in the instant it
+  goes idle may be interrupted up to 50 ms late.
 """
 
 from __future__ import annotations
@@ -402,12 +404,27 @@ def _fire(slot: _Slot, gen: int, kind: int) -> None:
         _fires += 1
 
 
+WATCHDOG_IDLE_TICKS = 200        # ~100 ms without anything armed ...
+WATCHDOG_IDLE_TICK_S = 0.05      # ... and the watchdog only looks every 50 ms
+_watchdog_wake = threading.Event()
+_watchdog_idle = False
+
+
 def _watchdog_main() -> None:
-    while not _watchdog_stop.wait(WATCHDOG_TICK_S):
+    global _watchdog_idle
+    idle_ticks = 0
+    while not _watchdog_stop.is_set():
+        if _watchdog_idle:
+            _watchdog_wake.wait(WATCHDOG_IDLE_TICK_S)
+        else:
+            _watchdog_wake.wait(WATCHDOG_TICK_S)
+        _watchdog_wake.clear()
         now = _now_ns()
+        active = False
         for slot in list(_slots):
             gen = slot.armed_gen
             cpu_gen = slot.cpu_gen
+            active = active or bool(gen or cpu_gen)
             if cpu_gen and slot.cpu_clock is not None:
                 try:
                     cpu = time.clock_gettime_ns(slot.cpu_clock)
@@ -425,6 +442,16 @@ def _watchdog_main() -> None:
                     continue
             if gen and slot.interrupt_at <= now and slot.fire_gen != gen and _preempt_enabled:
                 _fire(slot, gen, TIMEOUT)
+        idle_ticks = 0 if active else idle_ticks + 1
+        _watchdog_idle = idle_ticks >= WATCHDOG_IDLE_TICKS
+
+
+def _wake_watchdog() -> None:
+    """Called before arming: an idle watchdog goes back to its fast tick."""
+    global _watchdog_idle
+    if _watchdog_idle:
+        _watchdog_idle = False
+        _watchdog_wake.set()
 
 
 def _ensure_watchdog() -> None:
@@ -440,6 +467,7 @@ def _ensure_watchdog() -> None:
 
 def _stop_watchdog() -> None:
     _watchdog_stop.set()
+    _watchdog_wake.set()
     if _watchdog is not None and _watchdog.is_alive():
         _watchdog.join(timeout=1.0)
 
@@ -627,6 +655,7 @@ class ExecutionBudget:
         else:  # fail open: stop only a runaway, at twice its budget
             interrupt_at = self._deadline_ns + c._max_exec_ns
         cpu_start = _thread_cpu_ns()
+        _wake_watchdog()
         # From the first arming store to the end of the disarm there is no call
         # (the GIL, and with it an interrupt, only changes hands at a call or a
         # backward jump), except fn itself: an interrupt lands inside the try,
