@@ -294,8 +294,8 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
     ref("`create_budget()`", lambda: fmt_ns(r.ns("create_budget", "compiled")),
         "seed: ~100 ns")
     ref("`f()` (the reference)", lambda: fmt_ns(f),
-        "pytest-benchmark's loop calls it as `fn(*args, **kwargs)`: that dispatch is in every "
-        "per-call figure")
+        "timed like every figure: an inner loop of direct calls per round, divided by the "
+        "number of calls")
     ref("`work()` under `tracemalloc.start()` vs plain `work()`",
         lambda: (f"{fmt_x(r.ns('work', 'tracemalloc') / r.ns('work', 'reference'))} "
                  f"({fmt_ns(r.ns('work', 'tracemalloc'))} vs {fmt_ns(r.ns('work', 'reference'))})"),
