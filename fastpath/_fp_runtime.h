@@ -40,7 +40,6 @@
 #define FP_INT64_MAX INT64_MAX
 #define FP_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FP_UNLIKELY(x) __builtin_expect(!!(x), 0)
-#define FP_BARRIER() __asm__ __volatile__("" ::: "memory")
 
 #if PY_VERSION_HEX >= 0x030D0000
 #define FP_IS_FINALIZING() Py_IsFinalizing()
@@ -190,21 +189,19 @@ static int fp_tsc_calibrate(uint64_t *tsc0, int64_t *ns0)
     return 1;
 }
 
-/* CPU time of the calling thread (a real syscall, ~300-400 ns here). */
-static inline int64_t fp_thread_cpu_ns(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
-        return -1;
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
+/* Any clock in ns, or -1 (the watchdog reads other threads' CPU clocks). */
 static inline int64_t fp_clock_ns(clockid_t clock)
 {
     struct timespec ts;
     if (clock_gettime(clock, &ts) != 0)
         return -1;
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* CPU time of the calling thread (a real syscall, ~300-400 ns here). */
+static inline int64_t fp_thread_cpu_ns(void)
+{
+    return fp_clock_ns(CLOCK_THREAD_CPUTIME_ID);
 }
 
 /* a + b for non-negative b, saturating at INT64_MAX */

@@ -87,6 +87,8 @@ def check_budget() -> str:
         ExecutionConstraints(50).create_budget().enforce(_raise, err)
     except ValueError as exc:
         assert exc is err
+    else:
+        raise AssertionError("the callee's exception did not propagate")
     return "enforce, late call, callee errors unchanged"
 
 
@@ -199,6 +201,8 @@ def check_memory_and_cpu() -> str:
     except ConstraintViolation as exc:
         assert exc.kind is V.CPU_EXCEEDED, exc.kind
         cpu = f"CPU runaway stopped at {exc.stats.cpu_time_us / 1000:.1f} ms CPU (allowance 10)"
+    else:
+        raise AssertionError("a CPU runaway was not stopped")
     return f"{memory}; {cpu}"
 
 
