@@ -913,16 +913,10 @@ def _init_module():
     if clock not in ("", "tsc", "monotonic"):
         raise InvalidConfiguration(f"FASTPATH_CLOCK must be 'tsc' or 'monotonic', got {clock!r}")
     fp_tsc_usable = 1 if (clock != "monotonic" and _kernel_clocksource() == "tsc") else 0
-    fast_gil = _os.environ.get("FASTPATH_FAST_GIL", "").strip().lower()
-    if fast_gil in ("0", "off", "no", "false"):
+    if not _config.env_flag("FASTPATH_FAST_GIL"):
         fp_fast_gil = 0
-    elif fast_gil not in ("", "1", "on", "yes", "true"):
-        raise InvalidConfiguration(f"FASTPATH_FAST_GIL must be 0 or 1, got {fast_gil!r}")
-    flag = _os.environ.get("FASTPATH_PREEMPT", "").strip().lower()
-    if flag in ("0", "off", "no", "false"):
+    if not _config.env_flag("FASTPATH_PREEMPT"):
         fp_preempt_enabled = 0
-    elif flag not in ("", "1", "on", "yes", "true"):
-        raise InvalidConfiguration(f"FASTPATH_PREEMPT must be 0 or 1, got {flag!r}")
     _install_preempt_signal()
     fp_mem_install()
     _atexit.register(_shutdown_watchdog)

@@ -373,12 +373,7 @@ _slots: "weakref.WeakSet[_Slot]" = weakref.WeakSet()
 _watchdog_lock = threading.Lock()
 _watchdog: Optional[threading.Thread] = None
 _watchdog_stop = threading.Event()
-_preempt_enabled = os.environ.get("FASTPATH_PREEMPT", "").strip().lower() not in (
-    "0",
-    "off",
-    "no",
-    "false",
-)
+_preempt_enabled = _config.env_flag("FASTPATH_PREEMPT")
 _fires = 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import operator
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -100,6 +101,20 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidConfiguration(f"{name} must be a bool, got {value!r}")
     return value
+
+
+def env_flag(name: str, default: bool = True) -> bool:
+    """An on/off switch from the environment (FASTPATH_PREEMPT, FASTPATH_FAST_GIL):
+    unset or empty gives ``default``; anything but 0/off/no/false or
+    1/on/yes/true is an InvalidConfiguration, at import, rather than ignored."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("0", "off", "no", "false"):
+        return False
+    if value in ("1", "on", "yes", "true"):
+        return True
+    if value:
+        raise InvalidConfiguration(f"{name} must be 0 or 1, got {value!r}")
+    return default
 
 
 def check_budget_args(constraints: Any, constraints_type: type, preempt: Any) -> None:

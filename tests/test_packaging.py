@@ -107,3 +107,20 @@ def test_mypy_strict_passes_on_the_usage_example():
                           str(ROOT / "tests" / "typing_example.py")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("twin", ["", "1"])
+def test_bad_environment_switches_are_rejected_at_import(twin):
+    env = {k: v for k, v in os.environ.items() if k != "FASTPATH_NO_EXTENSIONS"}
+    env.update(FASTPATH_PREEMPT="maybe")
+    if twin:
+        env["FASTPATH_NO_EXTENSIONS"] = "1"
+    out = subprocess.run([sys.executable, "-c", "import fastpath"], capture_output=True,
+                         text=True, env=env, cwd=ROOT)
+    assert out.returncode != 0
+    assert "FASTPATH_PREEMPT must be 0 or 1, got 'maybe'" in out.stderr
+    env["FASTPATH_PREEMPT"] = "off"
+    out = subprocess.run([sys.executable, "-c", "import fastpath; "
+                          "print(fastpath.preemption_info()['enabled'])"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
