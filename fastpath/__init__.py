@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         ExecutionStats,
         preemption_info,
         set_preemption,
+        uninterruptible,
     )
     from ._histogram_py import LatencyHistogram
 else:
@@ -39,6 +40,7 @@ else:
     ExecutionStats = core.ExecutionStats
     set_preemption = core.set_preemption
     preemption_info = core.preemption_info
+    uninterruptible = core.uninterruptible
     LatencyHistogram = histogram.LatencyHistogram
 
 __all__ = [
@@ -62,4 +64,5 @@ __all__ = [
     "__version__",
     "preemption_info",
     "set_preemption",
+    "uninterruptible",
 ]

@@ -58,6 +58,7 @@ cdef class ExecutionBudget:
     cdef int64_t _cpu_measured_ns              # CPU time read from the thread's CPU clock
     cdef int64_t _cpu_bound_ns                 # wall time of calls too short to reach the CPU allowance
     cdef bint _cpu_unmeasured                  # some part of _cpu_* is a wall-time bound
+    cdef int64_t _cpu_lo                       # lowest the CPU clock was when the running call began
     cdef int _violation_mask                   # bit (1 << kind) per recorded kind
     cdef int _violation_count                  # number of kinds recorded
     cdef unsigned char _violation_order[4]     # kinds in recorded order; no allocation

@@ -13,7 +13,7 @@ import signal as _signal
 import sys as _sys
 import threading as _threading
 
-from fastpath import _config
+from fastpath import _config, _critical
 from fastpath._histogram cimport LatencyHistogram
 from fastpath.errors import (
     ConstraintViolation,
@@ -44,13 +44,26 @@ cdef extern from "_fp_runtime.h":
         int64_t fire_ns
         unsigned long py_ident
         int is_main
+        int depth
+        int unordered
+        int defer_depth
+        int deferred
+        int delivered
         fp_mem mem
     ctypedef struct fp_saved:
+        int cpu_idx
+        int64_t cpu_lo
         fp_mem_session mem
     int64_t FP_INT64_MAX
     int FP_TIMEOUT
     int FP_MEMORY
     int FP_CPU
+    int FP_MAX_NESTING
+    int FP_ROUTE_OFF
+    int FP_ROUTE_OURS
+    int FP_ROUTE_PENDING
+    int FP_ROUTE_TAKEN
+    int FP_ROUTE_LOST
     int64_t FP_WD_TICK_NS
     const char *fp_build_cython
     const char *fp_build_kind
@@ -61,18 +74,23 @@ cdef extern from "_fp_runtime.h":
     int64_t fp_sat_add(int64_t a, int64_t b) noexcept nogil
     uint64_t fp_rng_next() noexcept nogil
     void fp_rng_reseed(uint64_t seed) noexcept nogil
-    fp_slot *fp_slot_get() noexcept
+    fp_slot *fp_tls_slot
+    fp_slot *fp_slot_create() noexcept
     fp_slot *fp_slot_peek() noexcept
+    int fp_stack_exhausted(const fp_slot *s) noexcept
     uint64_t fp_arm(fp_slot *s, fp_saved *sv, int64_t interrupt_at, int interrupt_kind,
-                    int64_t cpu_limit_ns, int cpu_interrupt) noexcept
+                    int64_t cpu_limit_ns, int cpu_interrupt, int64_t fn_start,
+                    int64_t cpu_max_age) noexcept
     int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen) noexcept
-    int fp_cpu_sample(fp_slot *s, uint64_t gen, int64_t *cpu_ns, int64_t *wall_ns) noexcept
-    int fp_main_should_raise(fp_slot *s) noexcept
-    void fp_set_main_thread(int signum) noexcept
+    int64_t fp_cpu_start_lo(const fp_slot *s, int cpu_idx, uint64_t gen, int64_t lo) noexcept
+    int fp_cpu_watch_of(const fp_slot *s, uint64_t gen) noexcept
+    int fp_main_pending(fp_slot *s) noexcept
+    int fp_frame_is_critical(object frame) except -1
     int fp_wd_start() noexcept
     void fp_wd_shutdown() noexcept
-    object fp_run_call(fp_slot *s, fp_saved *sv, int mem_on, fp_mem_session *mem_out, object fn,
-                       PyObject **args, Py_ssize_t nargs, PyObject *kwnames)
+    object fp_run_call(fp_slot *s, fp_saved *sv, uint64_t gen, int mem_on,
+                       fp_mem_session *mem_out, object fn, PyObject **args, Py_ssize_t nargs,
+                       PyObject *kwnames)
     fp_mem *fp_tls_mem
     void fp_mem_install() noexcept
     void fp_mem_ensure() noexcept
@@ -82,8 +100,14 @@ cdef extern from "_fp_runtime.h":
     ctypedef object (*fp_fastcall_fn)(object, PyObject **, Py_ssize_t, PyObject *)
     int fp_install_fastcall(type tp, const char *name, fp_fastcall_fn fn, const char *doc) except -1
     PyObject *fp_interrupt_type
+    PyObject *fp_critical_files
+    PyObject *fp_sig_py_handler
+    PyObject *fp_sig_getsignal
     int fp_preempt_enabled
     int fp_preempt_signal
+    int fp_sig_route
+    int fp_sig_adopt(int signum) noexcept
+    unsigned long fp_main_ident
     int fp_wd_running
     int fp_wd_membarrier
     int fp_tsc_usable
@@ -92,17 +116,22 @@ cdef extern from "_fp_runtime.h":
     double fp_ns_per_tick
     uint64_t fp_wd_ticks
     uint64_t fp_wd_fires
+    uint64_t fp_wd_deferrals
+    unsigned long fp_switch_interval_shown() noexcept
+    void fp_switch_interval_set() noexcept
 
-# How long after an interrupt was due (the deadline, or the moment the watchdog
-# saw the CPU allowance crossed) the call may take to stop and still count as
+# How long after an interrupt was due (the deadline, or the moment the CPU
+# allowance was crossed) the call may take to stop and still count as
 # "interruptible": it stopped at an eval-breaker check, not when a blocking C
 # call finally returned.  Other threads wait for the GIL, hence the switch
 # interval.
 cdef int64_t DELIVERY_SLACK_NS = 2000000
 
 
-cdef bint _stopped_in_time(int64_t end, int64_t due) except -1:
+cdef object _judged(int64_t end, int64_t due):
+    """interruptible: did the call stop soon enough after its interrupt fell due?"""
     return end - due <= DELIVERY_SLACK_NS + <int64_t>(_sys.getswitchinterval() * 1e9)
+
 
 cdef tuple _KIND_OBJS = (
     None,
@@ -365,13 +394,16 @@ def _restore_stats(elapsed_ns, memory_used_bytes, cpu_time_us, cpu_time_measured
 
 cdef inline int _end_call(ExecutionBudget self, fp_slot *slot, fp_saved *saved, uint64_t gen,
                           uint64_t outer_gen, int64_t fn_start, int64_t cpu_start, bint mem_on,
-                          fp_mem_session *mem_out, int *fired) noexcept:
+                          fp_mem_session *mem_out, int *fired, int64_t *cpu_due) noexcept:
     # Disarm, measure the call that just ended, return the mask of broken limits.
+    # cpu_due receives when a CPU overrun found here crossed the allowance (at
+    # the latest), or -1.
     cdef ExecutionConstraints c = self._constraints
     cdef int mask = 0
-    cdef int64_t end, wall, cpu_sample, wall_sample
+    cdef int64_t end, wall, used, total
     fired[0] = fp_disarm(slot, saved, gen)
     end = fp_now_ns()
+    cpu_due[0] = -1
     self._gen = outer_gen
     if fired[0]:
         # Drop an interrupt still pending for this call (GIL path).
@@ -394,18 +426,23 @@ cdef inline int _end_call(ExecutionBudget self, fp_slot *slot, fp_saved *saved, 
         self._cpu_measured_ns += fp_thread_cpu_ns() - cpu_start
         if self._cpu_measured_ns > c._cpu_allowance_ns:
             mask |= 1 << FP_CPU
-    elif c._cpu_allowance_ns > 0 and wall <= c._cpu_allowance_ns:
-        # A thread cannot use more CPU than the wall time that passed: no
-        # clock read needed, the figure is that bound.
-        self._cpu_bound_ns += wall
-        self._cpu_unmeasured = True
-    elif c._cpu_allowance_ns >= 0 and fp_cpu_sample(slot, gen, &cpu_sample, &wall_sample):
-        self._cpu_measured_ns += fp_thread_cpu_ns() - cpu_sample
-        if self._cpu_measured_ns > c._cpu_allowance_ns:
-            mask |= 1 << FP_CPU
-    else:
-        self._cpu_bound_ns += wall
-        self._cpu_unmeasured = True
+    elif c._cpu_allowance_ns > 0:
+        total = self._cpu_measured_ns + self._cpu_bound_ns
+        if total + wall <= c._cpu_allowance_ns:
+            # A thread cannot use more CPU than the wall time that passed: no
+            # clock read needed, the figure is that bound.
+            self._cpu_bound_ns += wall
+            self._cpu_unmeasured = True
+        else:
+            # Long enough to have crossed the allowance: read the clock.  What
+            # the call used is at most now minus the lowest the clock can have
+            # been when it started (read at arm, or bracketed by a recent
+            # reading of the watchdog's).
+            used = fp_thread_cpu_ns() - fp_cpu_start_lo(slot, saved.cpu_idx, gen, saved.cpu_lo)
+            self._cpu_measured_ns += used
+            if total + used > c._cpu_allowance_ns:
+                mask |= 1 << FP_CPU
+                cpu_due[0] = end - (total + used - c._cpu_allowance_ns)
     if mask:
         self._record_mask(mask)
     return mask
@@ -499,13 +536,14 @@ cdef class ExecutionBudget:
                 self.record_c(_CHECK_ORDER[i])
 
     cdef int64_t _cpu_total_now(self) noexcept:
-        # CPU already measured, plus -- while an enforce() of this budget runs on
-        # this thread -- what the thread used since the watchdog's sample.
-        cdef int64_t cpu_ns, wall_ns
-        cdef int64_t total = self._cpu_measured_ns
+        # CPU already counted, plus -- while an enforce() of this budget runs on
+        # this thread -- what the running call used so far (an upper bound, as
+        # at the end of a call).
+        cdef int64_t total = self._cpu_measured_ns + self._cpu_bound_ns
         cdef fp_slot *slot = fp_slot_peek()
-        if self._gen and slot != NULL and fp_cpu_sample(slot, self._gen, &cpu_ns, &wall_ns):
-            total += fp_thread_cpu_ns() - cpu_ns
+        if self._gen and slot != NULL:
+            total += fp_thread_cpu_ns() - fp_cpu_start_lo(
+                slot, fp_cpu_watch_of(slot, self._gen), self._gen, self._cpu_lo)
         return total
 
     def check(self):
@@ -562,7 +600,7 @@ cdef class ExecutionBudget:
         cdef fp_saved saved
         cdef fp_mem_session mem_out
         cdef uint64_t gen, outer_gen
-        cdef int64_t fn_start, interrupt_at, cpu_limit, cpu_start
+        cdef int64_t fn_start, interrupt_at, cpu_limit, cpu_start, cpu_max_age, cpu_due
         cdef int fired = 0, mask
         cdef bint stop_it = preempt and c._fail_closed
         cdef bint mem_on = c._memory_limit >= 0
@@ -576,9 +614,13 @@ cdef class ExecutionBudget:
             self.record_c(FP_TIMEOUT)
             self._raised = True
             raise self._violation(1 << FP_TIMEOUT, False, None)
-        slot = fp_slot_get()
+        slot = fp_tls_slot
         if slot == NULL:
-            raise MemoryError("fastpath: no memory for the thread's enforcement slot")
+            slot = _new_slot()
+        if slot.depth >= FP_MAX_NESTING or fp_stack_exhausted(slot):
+            raise RecursionError(
+                f"fastpath: enforce() nested too deeply on this thread "
+                f"({slot.depth} calls open; at most {FP_MAX_NESTING}, within the C stack)")
         if not preempt:
             interrupt_at = FP_INT64_MAX
         elif c._fail_closed:
@@ -586,24 +628,36 @@ cdef class ExecutionBudget:
         else:
             # Fail open: let a late call finish; stop only a runaway at 2x its budget.
             interrupt_at = fp_sat_add(self._deadline_ns, c._max_exec_ns)
-        cpu_limit = c._cpu_allowance_ns
+        cpu_limit = -1
         cpu_start = -1
-        if cpu_limit == 0:
-            cpu_limit = -1      # no CPU allowed at all: read the clock around the call
+        cpu_max_age = 0
+        if c._cpu_allowance_ns == 0:
+            # no CPU allowed at all: read the clock around the call
             cpu_start = fp_thread_cpu_ns()
+            self._cpu_lo = cpu_start
+        elif c._cpu_allowance_ns > 0:
+            cpu_limit = c._cpu_allowance_ns - self._cpu_measured_ns - self._cpu_bound_ns
+            if cpu_limit < 0:
+                cpu_limit = 0
+            # A reading of the CPU clock older than 3/4 of what is left could
+            # not tell a sleeping call from one over its allowance.
+            cpu_max_age = cpu_limit // 4 * 3
         self._stop_ns = 0
         outer_gen = self._gen
-        gen = fp_arm(slot, &saved, interrupt_at, FP_TIMEOUT, cpu_limit, stop_it)
+        gen = fp_arm(slot, &saved, interrupt_at, FP_TIMEOUT, cpu_limit, stop_it, fn_start,
+                     cpu_max_age)
         self._gen = gen
+        if cpu_limit >= 0:
+            self._cpu_lo = saved.cpu_lo
         if mem_on:
             fp_mem_ensure()     # re-wraps allocators someone restored underneath us
             fp_mem_arm(&slot.mem, &saved.mem, gen, c._memory_limit, self._memory_charged,
                        stop_it and fp_preempt_enabled)
         try:
-            result = fp_run_call(slot, &saved, mem_on, &mem_out, fn, args, nargs, kwnames)
+            result = fp_run_call(slot, &saved, gen, mem_on, &mem_out, fn, args, nargs, kwnames)
         except BaseException as exc:
             mask = _end_call(self, slot, &saved, gen, outer_gen, fn_start, cpu_start, mem_on,
-                             &mem_out, &fired)
+                             &mem_out, &fired, &cpu_due)
             if isinstance(exc, ExecutionInterrupted):
                 if not fired:
                     raise       # meant for an enclosing enforce() on this thread
@@ -611,7 +665,7 @@ cdef class ExecutionBudget:
                     self.record_c(slot.fire_kind)
                     mask |= 1 << slot.fire_kind
                 self._raised = True
-                raise self._violation(mask, True, _stopped_in_time(
+                raise self._violation(mask, True, _judged(
                     self._stop_ns, interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns))
             if mem_on and slot.mem.trip_gen == gen and isinstance(exc, MemoryError):
                 # The cap refused an allocation: a MEMORY_EXCEEDED violation,
@@ -623,13 +677,44 @@ cdef class ExecutionBudget:
                 raise self._violation(mask, True, True)
             raise
         mask = _end_call(self, slot, &saved, gen, outer_gen, fn_start, cpu_start, mem_on,
-                         &mem_out, &fired)
+                         &mem_out, &fired, &cpu_due)
         if mask:
             self._raised = True
-            raise self._violation(
-                mask, False,
-                False if (fired or (mem_on and slot.mem.trip_gen == gen)) else None)
+            raise self._violation(mask, False, _returned_late(
+                self, slot, gen, mask, stop_it, interrupt_at, fired, cpu_due,
+                mem_on and slot.mem.trip_gen == gen))
         return result
+
+
+cdef fp_slot *_new_slot() except NULL:
+    # The calling thread's first enforce(): its slot, and -- on the main thread
+    # of a process that imported fastpath from another thread -- the signal.
+    cdef fp_slot *slot = fp_slot_create()
+    if slot == NULL:
+        raise MemoryError("fastpath: no memory for the thread's enforcement slot")
+    if slot.is_main and fp_sig_route == FP_ROUTE_PENDING:
+        _install_preempt_signal()
+    return slot
+
+
+cdef object _returned_late(ExecutionBudget self, fp_slot *slot, uint64_t gen, int mask,
+                           bint stop_it, int64_t interrupt_at, int fired, int64_t cpu_due,
+                           bint mem_tripped):
+    # interruptible for a call that came back by itself over a limit: judged
+    # from when an interrupt fell due (None: none was due).
+    cdef int64_t due = FP_INT64_MAX
+    if mem_tripped:
+        return False        # the callee swallowed the cap's MemoryError
+    if self._stop_ns >= interrupt_at:
+        due = interrupt_at
+    if mask & (1 << FP_CPU) and stop_it:
+        if fired and slot.fire_kind == FP_CPU and slot.fire_ns < due:
+            due = slot.fire_ns
+        elif cpu_due >= 0 and cpu_due < due:
+            due = cpu_due
+    if due == FP_INT64_MAX:
+        return None
+    return _judged(self._stop_ns, due)
 
 
 cdef object _enforce_fastcall(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
@@ -800,15 +885,26 @@ fp_install_fastcall(_EnforcerCore, "_execute_as", _execute_as_fastcall,
 def _preempt_signal_handler(signum, frame):
     # Runs in the main thread at an eval-breaker check.  Raise only if the call
     # the watchdog fired for is still the one armed: never a stray interrupt.
-    if fp_main_should_raise(fp_slot_peek()):
+    # Inside uninterruptible() or a stdlib lock holder, put it off: the
+    # watchdog sends the signal again next tick.
+    cdef fp_slot *slot = fp_slot_peek()
+    if fp_main_pending(slot):
+        if slot.defer_depth > 0 or fp_frame_is_critical(frame):
+            slot.deferred = 1
+            return
+        slot.delivered = 1
         raise ExecutionInterrupted()
 
 
 def _install_preempt_signal():
-    spec = _os.environ.get("FASTPATH_PREEMPT_SIGNAL", "").strip().lower()
-    if spec in ("0", "off", "none", "no"):
+    """Install the main thread's preemption signal (on the main thread only)."""
+    global fp_sig_route, fp_sig_py_handler, fp_sig_getsignal
+    spec = _os.environ.get("FASTPATH_PREEMPT_SIGNAL", "").strip()
+    if spec.lower() in ("0", "off", "none", "no"):
+        fp_sig_route = FP_ROUTE_OFF
         return 0
     if _threading.current_thread() is not _threading.main_thread():
+        fp_sig_route = FP_ROUTE_PENDING     # installed at the main thread's first call
         return 0
     if spec:
         try:
@@ -824,13 +920,29 @@ def _install_preempt_signal():
     else:
         signum = int(_signal.SIGRTMAX) - 5
     current = _signal.getsignal(signum)
-    if current is _preempt_signal_handler:
-        return signum
-    if current not in (_signal.SIG_DFL, None):
-        return 0        # the application owns that signal: use the GIL path
-    _signal.signal(signum, _preempt_signal_handler)
-    fp_set_main_thread(signum)
+    if current is not _preempt_signal_handler:
+        if current not in (_signal.SIG_DFL, None):
+            fp_sig_route = FP_ROUTE_TAKEN   # the application owns that signal: GIL path
+            return 0
+        _signal.signal(signum, _preempt_signal_handler)
+    if fp_sig_getsignal == NULL:
+        fp_sig_getsignal = <PyObject *>_GETSIGNAL
+        fp_sig_py_handler = <PyObject *>_preempt_signal_handler
+    if fp_sig_adopt(signum) != 0:
+        fp_sig_route = FP_ROUTE_LOST
+        return 0
     return signum
+
+
+cdef object _GETSIGNAL = _signal.getsignal      # module-level: keeps fp_sig_getsignal alive
+
+cdef dict _ROUTE_NAMES = {
+    FP_ROUTE_OFF: "off",
+    FP_ROUTE_OURS: "ours",
+    FP_ROUTE_PENDING: "pending",
+    FP_ROUTE_TAKEN: "taken",
+    FP_ROUTE_LOST: "lost",
+}
 
 
 def set_preemption(enabled):
@@ -841,10 +953,12 @@ def set_preemption(enabled):
 
 def preemption_info():
     """How calls are interrupted in this process."""
+    cdef bint by_signal = fp_sig_route == FP_ROUTE_OURS
     return {
         "enabled": bool(fp_preempt_enabled),
-        "main_thread": "signal" if fp_preempt_signal else "gil",
-        "signal": fp_preempt_signal or None,
+        "main_thread": "signal" if by_signal else "gil",
+        "signal": fp_preempt_signal if (by_signal or fp_sig_route == FP_ROUTE_LOST) else None,
+        "signal_route": _ROUTE_NAMES[fp_sig_route],
         "watchdog_running": bool(fp_wd_running),
         "watchdog_tick_ns": FP_WD_TICK_NS,
         "membarrier": bool(fp_wd_membarrier),
@@ -852,7 +966,66 @@ def preemption_info():
         "clock": "tsc" if fp_tsc_ready else "CLOCK_MONOTONIC",
         "ticks": fp_wd_ticks,
         "interrupts_sent": fp_wd_fires,
+        "interrupts_deferred": fp_wd_deferrals,
     }
+
+
+@cython.final
+@cython.no_gc
+cdef class uninterruptible:
+    """Put off interrupts while the block runs (sync ``with`` or ``async with``).
+
+    For the application's own critical sections, such as ``lock.acquire()``
+    followed by a ``try:`` on a later line: an interrupt due inside the block
+    is delivered shortly after it ends.  Counted per thread; blocks nest.
+    """
+
+    def __enter__(self):
+        cdef fp_slot *slot = fp_tls_slot
+        if slot == NULL:
+            slot = _new_slot()
+        slot.defer_depth += 1
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        cdef fp_slot *slot = fp_tls_slot
+        if slot != NULL and slot.defer_depth > 0:
+            slot.defer_depth -= 1
+        return False
+
+    async def __aenter__(self):
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, tb):
+        return self.__exit__(exc_type, exc, tb)
+
+
+# ------------------------------------------------- the switch interval, as seen
+
+cdef object _sys_setswitchinterval = _sys.setswitchinterval
+
+
+def getswitchinterval():
+    """Return the current thread switch interval; see setswitchinterval().
+
+    (fastpath's wrapper of sys.getswitchinterval: while its watchdog has the
+    interval lowered for its own GIL request, this reports the real value.)"""
+    return 1e-6 * fp_switch_interval_shown()
+
+
+def setswitchinterval(interval):
+    """Set the ideal thread switching delay inside the Python interpreter.
+
+    (fastpath's wrapper of sys.setswitchinterval: a value set while its
+    watchdog has the interval lowered is the one it puts back.)"""
+    _sys_setswitchinterval(interval)
+    fp_switch_interval_set()
+
+
+def _install_switch_interval_view():
+    if fp_fast_gil:
+        _sys.getswitchinterval = getswitchinterval
+        _sys.setswitchinterval = setswitchinterval
 
 
 def _measure_arm_disarm(Py_ssize_t n):
@@ -860,21 +1033,32 @@ def _measure_arm_disarm(Py_ssize_t n):
 
     What enforce() adds for preemption, measured in C because it cannot be
     isolated from Python (benchmarks and the selftest report it)."""
-    cdef fp_slot *slot = fp_slot_get()
+    cdef fp_slot *slot = fp_tls_slot
     cdef fp_saved saved
     cdef Py_ssize_t _
     cdef uint64_t gen
     cdef int64_t t0, deadline
     if slot == NULL:
-        raise MemoryError()
+        slot = _new_slot()
     if n < 1:
         raise InvalidConfiguration(f"n must be >= 1, got {n}")
     deadline = fp_now_ns() + 3600 * 1000000000
     t0 = fp_now_ns()
     for _ in range(n):
-        gen = fp_arm(slot, &saved, deadline, FP_TIMEOUT, 500000, 1)
+        # a fast_rule()-like call: deadline and CPU watch, the watchdog's
+        # reading of the CPU clock fresh (as it is between back-to-back calls)
+        gen = fp_arm(slot, &saved, deadline, FP_TIMEOUT, 500000, 1, t0, 3600 * 1000000000)
         fp_disarm(slot, &saved, gen)
     return (fp_now_ns() - t0) / n
+
+
+def _slot_state():
+    """This thread's slot, for tests: open calls, uninterruptible depth, greenlet mode."""
+    cdef fp_slot *slot = fp_tls_slot
+    if slot == NULL:
+        return None
+    return {"depth": slot.depth, "defer_depth": slot.defer_depth,
+            "unordered": bool(slot.unordered)}
 
 
 def build_info():
@@ -904,9 +1088,15 @@ def _kernel_clocksource():
         return ""
 
 
+cdef tuple _CRITICAL_FILES = _critical.CRITICAL_FILES   # module keeps it alive
+
+
 def _init_module():
     global fp_interrupt_type, fp_preempt_enabled, fp_tsc_usable, fp_fast_gil
+    global fp_critical_files, fp_main_ident
     fp_interrupt_type = <PyObject *>ExecutionInterrupted   # module keeps it alive
+    fp_critical_files = <PyObject *>_CRITICAL_FILES
+    fp_main_ident = _threading.main_thread().ident
     # Read the TSC directly only where the kernel's own clock is the TSC;
     # FASTPATH_CLOCK=monotonic forces the kernel clock.
     clock = _os.environ.get("FASTPATH_CLOCK", "").strip().lower()
@@ -918,6 +1108,7 @@ def _init_module():
     if not _config.env_flag("FASTPATH_PREEMPT"):
         fp_preempt_enabled = 0
     _install_preempt_signal()
+    _install_switch_interval_view()
     fp_mem_install()
     _atexit.register(_shutdown_watchdog)
 

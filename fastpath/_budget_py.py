@@ -30,6 +30,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from . import _config
+from ._critical import frame_is_critical
 from ._histogram_py import LatencyHistogram
 from .errors import (
     ConstraintViolation,
@@ -51,6 +52,7 @@ _CHECK_ORDER = (TIMEOUT, MEMORY, CPU)
 NEVER = sys.maxsize * 2 + 1  # > any monotonic ns reading
 DELIVERY_SLACK_NS = 2_000_000  # see _stopped_in_time
 WATCHDOG_TICK_S = 0.0005
+MAX_NESTING = 128  # nested enforce() calls per thread (as in the compiled core)
 
 _now_ns = time.monotonic_ns
 _thread_cpu_ns = time.thread_time_ns
@@ -336,12 +338,12 @@ class _Slot:
     __slots__ = (
         "armed_gen",
         "interrupt_at",
-        "cpu_gen",
-        "cpu_limit",
-        "cpu_interrupt",
-        "cpu_sample_gen",
-        "cpu_sample",
+        "cpu",
         "next_gen",
+        "depth",
+        "reset_gen",
+        "unordered",
+        "defer",
         "fire_gen",
         "fire_kind",
         "fire_ns",
@@ -353,12 +355,13 @@ class _Slot:
     def __init__(self) -> None:
         self.armed_gen = 0
         self.interrupt_at = NEVER
-        self.cpu_gen = 0
-        self.cpu_limit = 0
-        self.cpu_interrupt = False
-        self.cpu_sample_gen = 0
-        self.cpu_sample = 0
+        # CPU watches, outermost first: (gen, limit_ns, interrupt, cpu_at_start)
+        self.cpu: Tuple[Tuple[int, int, bool, int], ...] = ()
         self.next_gen = 0
+        self.depth = 0              # enforce() calls open on this thread
+        self.reset_gen = 0          # calls armed up to this gen were cleared by a reset
+        self.unordered = False      # calls returned out of order here (greenlets)
+        self.defer = 0              # open uninterruptible() blocks
         self.fire_gen = 0
         self.fire_kind = 0
         self.fire_ns = 0
@@ -386,15 +389,23 @@ def _slot() -> _Slot:
         return slot
 
 
-def _fire(slot: _Slot, gen: int, kind: int) -> None:
-    global _fires
+_deferrals = 0
+
+
+def _fire(slot: _Slot, gen: int, kind: int, due: int) -> None:
+    """Interrupt `gen` on its thread, unless the thread is inside an
+    uninterruptible() block or a stdlib lock holder (then: next tick)."""
+    global _fires, _deferrals
+    if slot.defer > 0 or frame_is_critical(sys._current_frames().get(slot.ident)):
+        _deferrals += 1
+        return
     slot.fire_kind = kind
-    slot.fire_ns = _now_ns()
+    slot.fire_ns = due
     slot.fire_gen = gen
     # No call between the check and the injection: the owner cannot run (and
     # disarm) in between, because the GIL is only handed over at a call or a
     # backward jump.
-    if slot.armed_gen == gen or slot.cpu_gen == gen:
+    if slot.armed_gen == gen or gen in [w[0] for w in slot.cpu]:
         _set_async_exc(slot.ident, _INTERRUPT)
         _fires += 1
 
@@ -418,25 +429,23 @@ def _watchdog_main() -> None:
         active = False
         for slot in list(_slots):
             gen = slot.armed_gen
-            cpu_gen = slot.cpu_gen
-            active = active or bool(gen or cpu_gen)
-            if cpu_gen and slot.cpu_clock is not None:
+            watches = slot.cpu
+            active = active or bool(gen or watches)
+            if slot.unordered or not _preempt_enabled:
+                continue
+            if watches and slot.cpu_clock is not None:
                 try:
                     cpu = time.clock_gettime_ns(slot.cpu_clock)
                 except OSError:
                     continue
-                if slot.cpu_sample_gen != cpu_gen:
-                    slot.cpu_sample, slot.cpu_sample_gen = cpu, cpu_gen
-                elif (
-                    slot.cpu_interrupt
-                    and cpu - slot.cpu_sample >= slot.cpu_limit
-                    and slot.fire_gen != cpu_gen
-                    and _preempt_enabled
-                ):
-                    _fire(slot, cpu_gen, CPU)
+                over = [(wgen, cpu - start - limit) for wgen, limit, interrupt, start in watches
+                        if interrupt and cpu - start >= limit and slot.fire_gen != wgen]
+                if over:
+                    wgen, excess = over[0]
+                    _fire(slot, wgen, CPU, _now_ns() - excess)
                     continue
-            if gen and slot.interrupt_at <= now and slot.fire_gen != gen and _preempt_enabled:
-                _fire(slot, gen, TIMEOUT)
+            if gen and slot.interrupt_at <= now and slot.fire_gen != gen:
+                _fire(slot, gen, TIMEOUT, slot.interrupt_at)
         idle_ticks = 0 if active else idle_ticks + 1
         _watchdog_idle = idle_ticks >= WATCHDOG_IDLE_TICKS
 
@@ -495,12 +504,42 @@ def preemption_info() -> Dict[str, Any]:
         "enabled": _preempt_enabled,
         "main_thread": "gil",
         "signal": None,
+        "signal_route": "off",
         "watchdog_running": _watchdog is not None and _watchdog.is_alive(),
         "watchdog_tick_ns": int(WATCHDOG_TICK_S * 1e9),
         "membarrier": False,
+        "fast_gil_handover": False,
+        "clock": "CLOCK_MONOTONIC",
         "ticks": None,
         "interrupts_sent": _fires,
+        "interrupts_deferred": _deferrals,
     }
+
+
+class uninterruptible:
+    """Put off interrupts while the block runs (sync ``with`` or ``async with``).
+
+    For the application's own critical sections, such as ``lock.acquire()``
+    followed by a ``try:`` on a later line: an interrupt due inside the block
+    is delivered shortly after it ends.  Counted per thread; blocks nest.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> "uninterruptible":
+        _slot().defer += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        slot = _slot()
+        if slot.defer > 0:
+            slot.defer -= 1
+
+    async def __aenter__(self) -> "uninterruptible":
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
 
 
 # ----------------------------------------------------------------------- budget
@@ -642,30 +681,37 @@ class ExecutionBudget:
             self._raised = True
             raise self._violation(1 << TIMEOUT, False, None)
         slot = _slot()
+        if slot.depth >= MAX_NESTING:
+            raise RecursionError(
+                f"fastpath: enforce() nested too deeply on this thread "
+                f"({slot.depth} calls open; at most {MAX_NESTING})")
         fail_closed = c._values[4]
-        if not preempt:
+        stop_it = preempt and fail_closed and not slot.unordered
+        if not preempt or slot.unordered:
             interrupt_at = NEVER
         elif fail_closed:
             interrupt_at = self._deadline_ns
         else:  # fail open: stop only a runaway, at twice its budget
             interrupt_at = self._deadline_ns + c._max_exec_ns
+        allowance = c._cpu_allowance_ns
         cpu_start = _thread_cpu_ns()
         _wake_watchdog()
         # From the first arming store to the end of the disarm there is no call
         # (the GIL, and with it an interrupt, only changes hands at a call or a
         # backward jump), except fn itself: an interrupt lands inside the try,
         # or is cleared before anything else runs.
-        saved = (slot.armed_gen, slot.interrupt_at, slot.cpu_gen, slot.cpu_limit,
-                 slot.cpu_interrupt)
+        saved = (slot.armed_gen, slot.interrupt_at)
         slot.next_gen += 1
         gen = slot.next_gen
+        slot.depth += 1
+        depth = slot.depth
         if slot.armed_gen == 0 or interrupt_at < slot.interrupt_at:
             slot.interrupt_at = interrupt_at
             slot.armed_gen = gen
-        if c._cpu_allowance_ns is not None:
-            slot.cpu_limit = c._cpu_allowance_ns
-            slot.cpu_interrupt = preempt and fail_closed
-            slot.cpu_gen = gen
+        n_cpu = len(slot.cpu)
+        if allowance is not None:
+            left = allowance - self._cpu_ns
+            slot.cpu = slot.cpu + ((gen, left if left > 0 else 0, stop_it, cpu_start),)
         self._stop_ns = 0
         outer = (self._gen, self._cpu_start)
         self._gen = gen
@@ -673,9 +719,15 @@ class ExecutionBudget:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            slot.armed_gen, slot.interrupt_at = saved[0], saved[1]
-            if slot.cpu_gen == gen:
-                slot.cpu_gen, slot.cpu_limit, slot.cpu_interrupt = saved[2], saved[3], saved[4]
+            if slot.depth == depth and gen > slot.reset_gen:
+                slot.armed_gen, slot.interrupt_at = saved
+                slot.cpu = slot.cpu[:n_cpu]
+                slot.depth = depth - 1
+            elif gen > slot.reset_gen:
+                # Calls returned out of order (greenlets): forget everything
+                # armed here and stop interrupting calls on this thread.
+                slot.armed_gen, slot.interrupt_at, slot.cpu = 0, NEVER, ()
+                slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
             fired = slot.fire_gen == gen
             if fired:
                 _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
@@ -692,17 +744,37 @@ class ExecutionBudget:
                 raise self._violation(  # noqa: B904
                     mask, True, _stopped_in_time(self._stop_ns, due))
             raise
-        slot.armed_gen, slot.interrupt_at = saved[0], saved[1]
-        if slot.cpu_gen == gen:
-            slot.cpu_gen, slot.cpu_limit, slot.cpu_interrupt = saved[2], saved[3], saved[4]
+        if slot.depth == depth and gen > slot.reset_gen:
+            slot.armed_gen, slot.interrupt_at = saved
+            slot.cpu = slot.cpu[:n_cpu]
+            slot.depth = depth - 1
+        elif gen > slot.reset_gen:
+            slot.armed_gen, slot.interrupt_at, slot.cpu = 0, NEVER, ()
+            slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
         fired = slot.fire_gen == gen
         if fired:
             _set_async_exc(slot.ident, _CLEAR)
         mask = self._finish(fn_start, outer)
         if mask:
             self._raised = True
-            raise self._violation(mask, False, False if fired else None)
+            raise self._violation(mask, False, self._returned_late(
+                slot, gen, mask, stop_it, interrupt_at, fired))
         return result
+
+    def _returned_late(self, slot: _Slot, gen: int, mask: int, stop_it: bool,
+                       interrupt_at: int, fired: bool) -> Optional[bool]:
+        """interruptible for a call that came back by itself over a limit:
+        judged from when an interrupt fell due (None: none was due)."""
+        due = NEVER
+        if self._stop_ns >= interrupt_at:
+            due = interrupt_at
+        allowance = self._constraints._cpu_allowance_ns
+        if mask & (1 << CPU) and stop_it and allowance is not None:
+            if fired and slot.fire_kind == CPU:
+                due = min(due, slot.fire_ns)
+            else:
+                due = min(due, self._stop_ns - (self._cpu_ns - allowance))
+        return None if due == NEVER else _stopped_in_time(self._stop_ns, due)
 
     def _finish(self, fn_start: int, outer: Tuple[int, int]) -> int:
         end = _now_ns()
@@ -852,4 +924,5 @@ __all__ = [
     "ExecutionStats",
     "preemption_info",
     "set_preemption",
+    "uninterruptible",
 ]

@@ -433,6 +433,21 @@ static inline void fp_mem_disarm(fp_mem *m, const fp_mem_session *saved, fp_mem_
     }
 }
 
+/* Calls returned out of order on this thread (greenlets): end whatever
+ * session is open, without handing its figures to anyone. */
+static inline void fp_mem_abandon(fp_mem *m)
+{
+    memset(&m->s, 0, sizeof(m->s));
+    m->tripped = 0;
+    m->trip_gen = 0;
+}
+
+static inline void fp_mem_abandon_into(fp_mem *m, fp_mem_session *out)
+{
+    *out = m->s;
+    fp_mem_abandon(m);
+}
+
 /* Adjust the cap of the running session after charge_memory(). */
 static inline void fp_mem_charge(fp_mem *m, uint64_t gen, int64_t nbytes)
 {

@@ -35,7 +35,8 @@ def make_namespace(kind: str) -> types.SimpleNamespace:
         pytest.fail("the compiled core is not built: run `make test`")
     ns = types.SimpleNamespace(kind=kind, core=core, histogram=histogram)
     for name in ("ExecutionConstraints", "ExecutionBudget", "ExecutionStats",
-                 "set_preemption", "preemption_info", "_reseed_sampler"):
+                 "set_preemption", "preemption_info", "_reseed_sampler",
+                 "uninterruptible"):
         setattr(ns, name, getattr(core, name))
     ns.LatencyHistogram = histogram.LatencyHistogram
     for name in errors.__all__ + ["ExecutionInterrupted"]:

@@ -367,9 +367,9 @@ def test_twin_never_leaks_an_interrupt_fired_at_the_edges_of_a_call(monkeypatch)
 
     def clock_that_fires() -> int:
         slot = twin._slot()
-        for gen in (slot.armed_gen, slot.cpu_gen):
+        for gen in (slot.armed_gen, *(w[0] for w in slot.cpu)):
             if gen:
-                twin._fire(slot, gen, twin.TIMEOUT)
+                twin._fire(slot, gen, twin.TIMEOUT, twin._now_ns())
         return real_clock()
 
     monkeypatch.setattr(twin, "_thread_cpu_ns", clock_that_fires)

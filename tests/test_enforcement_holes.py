@@ -1,0 +1,471 @@
+"""Regression tests for the preemption and CPU holes found by adversarial testing.
+
+Each test names the hole it closes (the numbers of the enforcement-holes
+issue).  Every loop is bounded, and every timing fact is an ordering fact
+with wide headroom ("a 2 s spin under a 20 ms budget stopped before 1 s").
+Crashes and process-wide state (signal dispositions, import order, small
+thread stacks) are tested in a subprocess.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+GIVE_UP_S = 5.0
+
+
+def spin(seconds: float = GIVE_UP_S) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "ran to the end"
+
+
+def burn_cpu(seconds: float) -> float:
+    """Use `seconds` of this thread's CPU time (not wall time)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    return seconds
+
+
+def in_thread(fn, *args, stack_size: int | None = None):
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(GIVE_UP_S * 4)
+    assert not t.is_alive()
+    return box
+
+
+def run_script(body: str, kind: str, *args: str, timeout: float = 60.0):
+    env = dict(os.environ)
+    if kind == "python":
+        env["FASTPATH_NO_EXTENSIONS"] = "1"
+    else:
+        env.pop("FASTPATH_NO_EXTENSIONS", None)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(body), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# --------------------------------------------------------- 2. signal dispositions
+
+SIGNAL_SCRIPT = """
+import json, signal, sys, time
+import fastpath
+from fastpath import ConstraintViolation, ExecutionConstraints
+
+def spin(seconds=2.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+sig = fastpath.preemption_info()["signal"]
+assert sig, fastpath.preemption_info()
+hits = []
+mode = sys.argv[1]
+if mode == "handler":
+    signal.signal(sig, lambda s, f: hits.append(s))
+elif mode == "ignore":
+    signal.signal(sig, signal.SIG_IGN)
+elif mode == "default":
+    signal.signal(sig, signal.SIG_DFL)
+outcomes = []
+for _ in range(5):
+    t0 = time.monotonic()
+    try:
+        ExecutionConstraints(20).create_budget().enforce(spin)
+        outcomes.append("ran to the end")
+    except ConstraintViolation as exc:
+        outcomes.append("stopped" if exc.interrupted and time.monotonic() - t0 < 1.0
+                        else "late")
+t0 = time.monotonic()
+try:
+    ExecutionConstraints(20).create_budget().enforce(time.sleep, 0.3)
+except ConstraintViolation:
+    pass
+info = fastpath.preemption_info()
+print(json.dumps({"outcomes": outcomes, "hits": len(hits), "main_thread": info["main_thread"],
+                  "route": info["signal_route"]}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["handler", "ignore", "default"])
+def test_changing_the_signal_disposition_after_import_never_stops_enforcement(mode):
+    out = run_script(SIGNAL_SCRIPT, "compiled", mode)
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    report = json.loads(out.stdout)
+    assert report["outcomes"] == ["stopped"] * 5, report
+    # fastpath notices at its first send at the latest, and uses the GIL path from then on
+    assert report["hits"] <= 1, report
+    assert report["main_thread"] == "gil" and report["route"] == "lost", report
+
+
+# ------------------------------------------------------ 3. import from a worker thread
+
+def test_importing_fastpath_first_from_a_worker_thread_keeps_main_thread_signals():
+    out = run_script("""
+        import json, threading, time
+        t = threading.Thread(target=lambda: __import__("fastpath"))
+        t.start(); t.join()
+        import fastpath
+        from fastpath import ConstraintViolation, ExecutionConstraints
+        t0 = time.monotonic()
+        try:
+            ExecutionConstraints(20).create_budget().enforce(time.sleep, 1.0)
+            outcome = "ran to the end"
+        except ConstraintViolation as exc:
+            outcome = "stopped" if exc.interrupted else "late"
+        print(json.dumps({"outcome": outcome, "seconds": time.monotonic() - t0,
+                          "main_thread": fastpath.preemption_info()["main_thread"]}))
+    """, "compiled")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["outcome"] == "stopped" and report["seconds"] < 0.5, report
+    assert report["main_thread"] == "signal", report
+
+
+# ----------------------------------------------------------- 4. C-stack exhaustion
+
+@pytest.mark.parametrize("kind", ["compiled", "python"])
+def test_deeply_nested_enforce_raises_recursion_error_instead_of_crashing(kind):
+    out = run_script("""
+        import sys, threading
+        from fastpath import ExecutionConstraints
+        sys.setrecursionlimit(1_000_000)
+        c = ExecutionConstraints(60_000)
+        def nest(n):
+            if n == 0:
+                return 0
+            return c.create_budget().enforce(nest, n - 1)
+        box = {}
+        def run():
+            try:
+                nest(20_000)
+                box["outcome"] = "returned"
+            except RecursionError:
+                box["outcome"] = "RecursionError"
+        threading.stack_size(512 * 1024)
+        t = threading.Thread(target=run)
+        t.start(); t.join()
+        print(box.get("outcome"))
+        print(c.create_budget().enforce(nest, 10))   # nesting still works on this thread
+    """, kind)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == ["RecursionError", "0"]
+
+
+# ------------------------------------------------ 5. interrupts and stdlib lock holders
+
+def _noisy_logger(name: str) -> tuple[logging.Logger, logging.Handler]:
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(io.StringIO())
+    logger.handlers[:] = [handler]
+    return logger, handler
+
+
+def _lock_is_free(lock) -> bool:
+    """Can another thread take (and give back) the lock?  An RLock is re-entrant
+    for its owner, so only another thread can tell that it was left held."""
+    def take_and_release() -> bool:
+        if not lock.acquire(timeout=2.0):
+            return False
+        lock.release()
+        return True
+
+    return in_thread(take_and_release).get("result") is True
+
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_interrupting_a_rule_that_logs_never_leaves_the_handler_lock_held(fp, where):
+    logger, handler = _noisy_logger(f"fastpath.tests.noisy.{fp.kind}.{where}")
+
+    def noisy() -> None:
+        end = time.monotonic() + GIVE_UP_S
+        i = 0
+        while time.monotonic() < end:
+            logger.info("message %d", i)
+            i += 1
+
+    def many() -> int:
+        stopped = 0
+        for _ in range(80):
+            try:
+                fp.ExecutionConstraints(2).create_budget().enforce(noisy)
+            except fp.ConstraintViolation as exc:
+                stopped += exc.interrupted
+            handler.stream.seek(0)
+            handler.stream.truncate()
+        return stopped
+
+    if where == "main":
+        stopped = many()
+    else:
+        box = in_thread(many)
+        assert "error" not in box, box
+        stopped = box["result"]
+    assert stopped == 80
+    assert _lock_is_free(handler.lock), "an interrupt left the handler's lock held"
+
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_uninterruptible_protects_the_applications_own_critical_section(fp, where):
+    lock = threading.Lock()
+    inside = []
+
+    def careful() -> None:
+        end = time.monotonic() + GIVE_UP_S
+        while time.monotonic() < end:
+            with fp.uninterruptible():
+                lock.acquire()          # no try: an interrupt here would leak the lock
+                inside.append(1)
+                sum(range(50))
+                lock.release()
+
+    def many() -> int:
+        stopped = 0
+        for _ in range(100):
+            try:
+                fp.ExecutionConstraints(2).create_budget().enforce(careful)
+            except fp.ConstraintViolation as exc:
+                stopped += exc.interrupted
+            assert not lock.locked(), "an interrupt landed inside uninterruptible()"
+        return stopped
+
+    if where == "main":
+        assert many() == 100
+    else:
+        box = in_thread(many)
+        assert "error" not in box, box
+        assert box["result"] == 100
+
+
+def test_uninterruptible_defers_the_interrupt_to_the_end_of_the_block(fp):
+    after_block = []
+
+    def rule() -> None:
+        with fp.uninterruptible():
+            spin(0.1)               # the 10 ms deadline passes in here
+        after_block.append(1)
+        spin()
+
+    t0 = time.monotonic()
+    with pytest.raises(fp.ConstraintViolation) as info:
+        fp.ExecutionConstraints(10).create_budget().enforce(rule)
+    assert info.value.interrupted
+    assert after_block == [1]
+    assert time.monotonic() - t0 < 2.0
+
+
+async def _async_uninterruptible() -> str:
+    import fastpath
+
+    async with fastpath.uninterruptible():
+        return "inside"
+
+
+def test_uninterruptible_is_also_an_async_context_manager():
+    import asyncio
+
+    assert asyncio.run(_async_uninterruptible()) == "inside"
+
+
+# ----------------------------------------------------------------- 6. missed CPU overruns
+
+class CpuHogs:
+    """Busy processes on every core for the length of a `with` block (bounded)."""
+
+    def __enter__(self) -> CpuHogs:
+        code = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code])
+                      for _ in range(os.cpu_count() or 2)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def test_no_call_over_its_cpu_allowance_returns_clean_on_a_loaded_machine(fp):
+    # 50 ms wall, 1 share -> 0.5 ms of CPU; fail open, so nothing interrupts
+    # the calls and every one must be reported by measurement alone.
+    c = fp.ExecutionConstraints(50, cpu_shares=1, fail_closed_on_timeout=False)
+    clean = []
+    with CpuHogs():
+        for i in range(100):
+            try:
+                c.create_budget().enforce(burn_cpu, 0.002)
+                clean.append(i)
+            except fp.ConstraintViolation as exc:
+                assert fp.ConstraintViolationType.CPU_EXCEEDED in exc.violations, exc
+                assert exc.stats.cpu_time_measured
+                assert exc.stats.cpu_time_us >= 500
+    assert clean == [], f"{len(clean)} of 100 calls over their CPU allowance returned clean"
+
+
+def test_a_sleeping_call_is_never_flagged_for_cpu_on_a_loaded_machine(fp):
+    c = fp.ExecutionConstraints(2_000, cpu_shares=1)       # 20 ms of CPU
+    flagged = []
+    with CpuHogs():
+        for i in range(40):
+            b = c.create_budget()
+            b.enforce(time.sleep, 0.025)                      # longer than the allowance
+            if b.get_violations():
+                flagged.append((i, b.stats()))
+    assert flagged == []
+
+
+def test_a_short_sleep_under_a_tight_allowance_is_not_a_cpu_violation(fp):
+    c = fp.ExecutionConstraints(50, cpu_shares=1)          # 0.5 ms of CPU
+    for _ in range(50):
+        b = c.create_budget()
+        b.enforce(time.sleep, 0.002)
+        assert fp.ConstraintViolationType.CPU_EXCEEDED not in b.get_violations(), b.stats()
+
+
+# ------------------------------------------------------------------- 7. nested CPU limits
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_an_outer_cpu_allowance_holds_during_a_more_generous_inner_call(fp, where):
+    outer = fp.ExecutionConstraints(10_000, cpu_shares=1)      # 100 ms of CPU
+    inner_c = fp.ExecutionConstraints(20_000, cpu_shares=50)    # 10 s of CPU
+
+    def rule() -> str:
+        return inner_c.create_budget().enforce(burn_cpu, 2.0)
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            outer.create_budget().enforce(rule)
+            return "ran to the end", time.monotonic() - t0
+        except fp.ConstraintViolation as exc:
+            return exc, time.monotonic() - t0
+
+    if where == "main":
+        result, seconds = run()
+    else:
+        box = in_thread(run)
+        assert "error" not in box, box
+        result, seconds = box["result"]
+    assert isinstance(result, fp.ConstraintViolation), result
+    assert result.kind is fp.ConstraintViolationType.CPU_EXCEEDED and result.interrupted
+    assert seconds < 1.0
+
+
+# ---------------------------------------------------------- 13. the switch interval
+
+def test_nobody_ever_observes_the_watchdogs_lowered_switch_interval(fp):
+    before = sys.getswitchinterval()
+    seen: set[float] = set()
+    stop = threading.Event()
+
+    def observer() -> None:
+        while not stop.is_set():
+            seen.add(sys.getswitchinterval())
+
+    watcher = threading.Thread(target=observer)
+    watcher.start()
+    try:
+        for _ in range(150):
+            box = in_thread(lambda: fp.ExecutionConstraints(1).create_budget().enforce(spin))
+            assert isinstance(box.get("error"), fp.ConstraintViolation)
+            seen.add(sys.getswitchinterval())
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == {before}
+
+
+# -------------------------------------------------------------------- 14. greenlets
+
+GREENLET_SCRIPT = """
+import time
+import greenlet
+from fastpath import ExecutionConstraints, ExecutionInterrupted
+
+c = ExecutionConstraints(30, memory_limit_bytes=1 << 20)
+order = []
+
+def rule_a():
+    order.append("a in")
+    gb.switch()                 # B arms its own call, then switches back here
+    order.append("a out")
+    return "a"
+
+def rule_b():
+    order.append("b in")
+    ga.switch()                 # back to A, which returns first
+    order.append("b out")
+    return "b"
+
+ga = greenlet.greenlet(lambda: c.create_budget().enforce(rule_a))
+gb = greenlet.greenlet(lambda: c.create_budget().enforce(rule_b))
+assert ga.switch() == "a"       # A's call returned while B's is still open
+assert gb.switch() == "b"
+assert order == ["a in", "b in", "a out", "b out"], order
+# Both calls have ended: no interrupt may arrive for either, and no cap applies.
+strays = 0
+end = time.monotonic() + 0.3
+while time.monotonic() < end:
+    try:
+        sum(range(100))
+    except ExecutionInterrupted:
+        strays += 1
+big = bytearray(8 << 20)
+print(strays, len(big))
+# A later call on this thread is still measured.
+try:
+    ExecutionConstraints(10).create_budget().enforce(time.sleep, 0.05)
+    print("ran clean")
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.parametrize("kind", ["compiled", "python"])
+def test_greenlets_returning_out_of_order_leave_no_stray_interrupt_or_memory_cap(kind):
+    pytest.importorskip("greenlet")
+    out = run_script(GREENLET_SCRIPT, kind)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["0", str(8 << 20), "ConstraintViolation"]
+
+
+# ---------------------------------------------- 15. interruptible on the CPU path
+
+def test_a_regex_past_its_cpu_allowance_in_a_worker_is_not_interruptible(fp):
+    pattern = re.compile(r"(a+)+$")
+    text = "a" * 24 + "b"           # one _sre call of ~0.3-1 s: nothing stops it in a worker
+
+    def run():
+        # 1 s wall, 2 shares -> 20 ms of CPU: the CPU allowance is crossed first
+        return fp.ExecutionConstraints(1_000, cpu_shares=2).create_budget().enforce(
+            pattern.match, text)
+
+    box = in_thread(run)
+    v = box.get("error")
+    assert isinstance(v, fp.ConstraintViolation), box
+    assert fp.ConstraintViolationType.CPU_EXCEEDED in v.violations
+    assert v.stats.elapsed_ns > 150_000_000
+    assert v.interruptible is False
