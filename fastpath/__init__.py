@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         ExecutionBudget,
         ExecutionConstraints,
         ExecutionStats,
+        current_budget,
         preemption_info,
         set_preemption,
         uninterruptible,
@@ -41,6 +42,7 @@ else:
     set_preemption = core.set_preemption
     preemption_info = core.preemption_info
     uninterruptible = core.uninterruptible
+    current_budget = core.current_budget
     LatencyHistogram = histogram.LatencyHistogram
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "ResourceExhausted",
     "RetryPolicy",
     "__version__",
+    "current_budget",
     "preemption_info",
     "set_preemption",
     "uninterruptible",

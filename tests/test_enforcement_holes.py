@@ -319,9 +319,11 @@ def test_no_call_over_its_cpu_allowance_returns_clean_on_a_loaded_machine(fp):
                 c.create_budget().enforce(burn_cpu, 0.002)
                 clean.append(i)
             except fp.ConstraintViolation as exc:
+                if exc.interrupted:
+                    continue    # stopped by the runaway guard (2x the wall budget) first
                 assert fp.ConstraintViolationType.CPU_EXCEEDED in exc.violations, exc
                 assert exc.stats.cpu_time_measured
-                assert exc.stats.cpu_time_us >= 500
+                assert exc.stats.cpu_time_us >= 2000
     assert clean == [], f"{len(clean)} of 100 calls over their CPU allowance returned clean"
 
 
