@@ -710,6 +710,11 @@ cdef class ExecutionBudget:
             raise self._violation(mask, timed_out, _judged(self._stop_ns, self._deadline_ns)
                                   if timed_out else None)
 
+    def _late_violation(self):
+        """The violation recorded so far, not raised (audit of a late call that
+        raised its own error)."""
+        return self._violation(-1, False, None)
+
     def _raise_timeout(self):
         """Stop the running call of this budget as its deadline would (for code
         that enforces the budget's remaining time itself, e.g. fastpath.regex)."""
@@ -847,7 +852,7 @@ cdef int _refuse_awaitable(object fn, object result, str entry) except -1:
         close()     # a coroutine: never started, and no "never awaited" warning
     raise TypeError(
         f"{entry}() ran {fn!r}, which returned an awaitable ({type(result).__name__}); "
-        f"use {entry}_async() for coroutines")
+        f"coroutines run with {entry}_async() (or ConstraintEnforcer.execute_async)")
 
 
 @cython.final
@@ -1118,6 +1123,50 @@ cdef class _RuleState:
         cdef int k
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
                 self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+
+    # -- execute_async: the same bookkeeping as _pipeline, around awaits --------
+    def _admit(self):
+        """Count a call: its budget, or None when sampled out."""
+        cdef ExecutionBudget budget
+        self.calls += 1
+        if not self.constraints.should_sample_c():
+            self.sampled_out += 1
+            self.violations[_SAMPLED_OUT] += 1
+            return None
+        self.executed += 1
+        budget = self.constraints.create_budget_c()
+        budget._preempt = self.preempt
+        return budget
+
+    def _settle(self, ExecutionBudget budget, exc, tuple transient, int64_t attempt):
+        """After an attempt: 0 returned, 1 retry after backoff_s, 2 "deny" (raise exc,
+        audit), 3 "fallback" (audit), 4 fn's own error (raise exc; audit when late)."""
+        cdef int i
+        if exc is None:
+            self.histogram.record_c(budget._stop_ns - budget._start_ns)
+            return 0
+        if budget._raised:
+            self.histogram.record_c(budget._stop_ns - budget._start_ns)
+            for i in range(budget._violation_count):
+                self.violations[budget._violation_order[i]] += 1
+            if self.constraints._fail_closed:
+                self.fail_closed += 1
+                return 2
+            self.fail_open += 1
+            return 3
+        if (attempt < self.max_attempts and isinstance(exc, transient)
+                and budget.remaining_ns_c() >= self.backoff_ns):
+            self.retries += 1
+            return 1
+        self.errors += 1
+        self.histogram.record_c(budget._stop_ns - budget._start_ns)
+        for i in range(budget._violation_count):
+            self.violations[budget._violation_order[i]] += 1
+        return 4
+
+    @property
+    def backoff_s(self):
+        return self.backoff_ns / 1e9
 
     def reset(self):
         cdef int k

@@ -738,6 +738,11 @@ class ExecutionBudget:
             raise self._violation(mask, timed_out, _stopped_in_time(
                 self._stop_ns, self._deadline_ns) if timed_out else None)
 
+    def _late_violation(self) -> ConstraintViolation:
+        """The violation recorded so far, not raised (audit of a late call that
+        raised its own error)."""
+        return self._violation(-1, False, None)
+
     def _raise_timeout(self) -> None:
         """Stop the running call of this budget as its deadline would (for code
         that enforces the budget's remaining time itself, e.g. fastpath.regex)."""
@@ -910,7 +915,7 @@ def _refuse_awaitable(fn: Any, result: Any, entry: str) -> None:
         close()     # a coroutine: never started, and no "never awaited" warning
     raise TypeError(
         f"{entry}() ran {fn!r}, which returned an awaitable ({type(result).__name__}); "
-        f"use {entry}_async() for coroutines")
+        f"coroutines run with {entry}_async() (or ConstraintEnforcer.execute_async)")
 
 
 class _SyncScope:
@@ -1091,6 +1096,7 @@ def _close_quietly(it: Any) -> None:
 # ------------------------------------------------------------------ the enforcer
 
 _SAMPLED_OUT = 4
+_counter_lock = threading.Lock()    # execute_async's counters (the pipeline has its own)
 
 
 class _RuleState:
@@ -1116,6 +1122,49 @@ class _RuleState:
     def counters(self) -> Tuple[int, int, int, int, int, int, int, Dict[int, int]]:
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
                 self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+
+    # -- execute_async: the same bookkeeping as _pipeline, around awaits --------
+    def _admit(self) -> Optional["ExecutionBudget"]:
+        """Count a call: its budget, or None when sampled out."""
+        sampled = self.constraints.should_sample()
+        with _counter_lock:
+            self.calls += 1
+            if not sampled:
+                self.sampled_out += 1
+                self.violations[_SAMPLED_OUT] += 1
+                return None
+            self.executed += 1
+        return ExecutionBudget(self.constraints, preempt=self.preempt)
+
+    def _settle(self, budget: "ExecutionBudget", exc: Optional[BaseException],
+                transient: Tuple[type, ...], attempt: int) -> int:
+        """After an attempt: 0 returned, 1 retry after backoff_s, 2 "deny" (raise exc,
+        audit), 3 "fallback" (audit), 4 fn's own error (raise exc; audit when late)."""
+        elapsed = budget._stop_ns - budget._start_ns
+        if exc is None:
+            self.histogram.record(elapsed)
+            return 0
+        with _counter_lock:
+            if budget._raised:
+                for kind in budget._violations:
+                    self.violations[kind] += 1
+                if self.constraints.fail_closed_on_timeout:
+                    self.fail_closed += 1
+                    outcome = 2
+                else:
+                    self.fail_open += 1
+                    outcome = 3
+            elif (attempt < self.max_attempts and isinstance(exc, transient)
+                    and budget.remaining_ms() / 1000 >= self.backoff_s):
+                self.retries += 1
+                return 1
+            else:
+                self.errors += 1
+                for kind in budget._violations:
+                    self.violations[kind] += 1
+                outcome = 4
+        self.histogram.record(elapsed)
+        return outcome
 
     def reset(self) -> None:
         self.calls = self.executed = self.sampled_out = 0
@@ -1211,6 +1260,8 @@ class _EnforcerCore:
                     self._audit(rule.key, rule_id, fn, budget._violation(-1, False, None), "error")
                 raise
             rule.histogram.record(budget._stop_ns - budget._start_ns)
+            if _is_awaitable(result):
+                _refuse_awaitable(fn, result, "enforce")
             return result
 
 

@@ -806,6 +806,20 @@ static int fp_wd_read_slot(fp_slot *s, fp_armed_view *v, int *active)
     return 1;
 }
 
+#define FP_WD_CPU_READ_MAX_NS 50000LL      /* a CPU reading that took longer is dropped */
+
+/* The owner's CPU clock, and (in *when) a time no earlier than the reading and
+ * at most 50 us after it -- or -1 when the watchdog was held up in between
+ * (descheduled): the pair would then understate how old the reading is. */
+static inline int64_t fp_wd_read_cpu(fp_slot *s, int64_t *when)
+{
+    int64_t w0 = fp_now_ns(), c = fp_clock_ns(s->cpu_clock), w1 = fp_now_ns();
+    if (c < 0 || w1 - w0 > FP_WD_CPU_READ_MAX_NS)
+        return -1;
+    *when = w1;
+    return c;
+}
+
 /* CPU watches of one slot: sample each new call once, then re-read until
  * an allowance is crossed.  CPU time cannot grow faster than wall time, so the
  * next look is due no earlier than (allowance - used) from now.  Returns the
@@ -823,10 +837,9 @@ static int fp_wd_check_cpu(fp_slot *s, const fp_armed_view *v, int64_t now, int6
         if (w->gen == 0)
             continue;
         if (c < 0) {
-            c = fp_clock_ns(s->cpu_clock);
+            c = fp_wd_read_cpu(s, &now);
             if (c < 0)
                 return -1;
-            now = fp_now_ns();      /* read after the clock: the reading is no later */
             fp_base_write(s, c, now);
         }
         start_hi = w->start_hi;
@@ -851,9 +864,9 @@ static int fp_wd_check_cpu(fp_slot *s, const fp_armed_view *v, int64_t now, int6
     }
     if (c < 0 && s->cpu_recent_ns && now - s->cpu_recent_ns < FP_WD_BASE_KEEP_NS) {
         /* Between calls: keep a fresh reading, so that the next call needs none. */
-        c = fp_clock_ns(s->cpu_clock);
+        c = fp_wd_read_cpu(s, &now);
         if (c >= 0)
-            fp_base_write(s, c, fp_now_ns());
+            fp_base_write(s, c, now);
     }
     return fire;
 }

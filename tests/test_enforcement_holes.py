@@ -343,7 +343,10 @@ def test_a_short_sleep_under_a_tight_allowance_is_not_a_cpu_violation(fp):
     c = fp.ExecutionConstraints(50, cpu_shares=1)          # 0.5 ms of CPU
     for _ in range(50):
         b = c.create_budget()
-        b.enforce(time.sleep, 0.002)
+        try:
+            b.enforce(time.sleep, 0.002)
+        except fp.ConstraintViolation:
+            pass                # a loaded machine can make it late: only CPU matters here
         assert fp.ConstraintViolationType.CPU_EXCEEDED not in b.get_violations(), b.stats()
 
 
