@@ -354,9 +354,7 @@ static fp_slot *fp_slot_create(void)
     s->cpu_gen = 0;
     s->fire_gen = 0;
     s->delivered = 0;
-    s->mem.s.active = 0;
-    s->mem.tripped = 0;
-    s->mem.trip_gen = 0;
+    fp_mem_thread_reset(&s->mem);
     if (s->next_gen == 0) {
         /* Generations are unique across slots too (2**40 per slot): a budget
          * looked at from another thread can never match this thread's call. */

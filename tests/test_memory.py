@@ -643,25 +643,27 @@ def rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
 
-constraints = ExecutionConstraints(60_000, memory_limit_bytes=1 << 30)
-constraints.create_budget().enforce(lambda: [object() for _ in range(1000)])
-gc.collect()
+def sixteen_threads(constraints):
+    one_at_a_time = threading.Lock()
+    all_alive = threading.Barrier(16)
+
+    def worker():
+        with one_at_a_time:
+            blocks = constraints.create_budget().enforce(lambda: [object() for _ in range(600_000)])
+            del blocks
+        all_alive.wait()            # 16 threads alive at once: 16 per-thread states
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.collect()
+
+# The same work without a memory limit first: what the interpreter itself keeps.
+sixteen_threads(ExecutionConstraints(60_000))
 before = rss_mib()
-one_at_a_time = threading.Lock()
-all_alive = threading.Barrier(16)
-
-def worker():
-    with one_at_a_time:
-        blocks = constraints.create_budget().enforce(lambda: [object() for _ in range(600_000)])
-        del blocks
-    all_alive.wait()                # 16 threads alive at once: 16 per-thread states
-
-threads = [threading.Thread(target=worker) for _ in range(16)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-gc.collect()
+sixteen_threads(ExecutionConstraints(60_000, memory_limit_bytes=1 << 30))
 print(round(rss_mib() - before))
 """
 
@@ -670,4 +672,4 @@ def test_accounting_state_is_released_after_large_calls_and_thread_exit():
     # Item 12: 16 threads, one call each with 600,000 live blocks.
     out = _run_script(THREAD_TABLES)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout) < 64, f"RSS grew by {out.stdout.strip()} MiB"
+    assert int(out.stdout) < 32, f"RSS grew by {out.stdout.strip()} MiB"
