@@ -103,7 +103,7 @@
 #define FP_MEM_TABLE_MAX (1u << 22)     /* slots (64 MiB): 3,145,728 blocks at 3/4 load */
 #define FP_MEM_GRACE_MIN (64 * 1024)
 #define FP_MEM_RESERVE (16 * 1024)      /* error-path reserve granted after every refusal */
-#define FP_MEM_SWEEP_STEP 4             /* slots swept per table operation while sweeping */
+#define FP_MEM_SWEEP_STEP 2             /* slots swept per table operation during a pass */
 
 /* A table entry: block address (0 = empty slot), size (40 bits) | node (24 bits). */
 typedef struct {
@@ -227,10 +227,15 @@ static uint32_t fp_mt_count = 0;             /* entries; 0: frees take the fast 
 static uint32_t fp_mt_max_slots = FP_MEM_TABLE_MAX;
 static uint64_t fp_mt_untracked = 0;         /* blocks counted but never entered (table full) */
 static int64_t fp_mt_dead_blocks = 0;        /* entries counted for a record that is gone */
-static int fp_mt_sweep_on = 0;               /* a sweep pass is under way */
-static int fp_mt_sweep_again = 0;            /* ... and another one is due after it */
+/* The sweep: 0 idle; 1 waiting (fp_mt_sweep_wait more table operations: the
+ * blocks of a budget that just died are usually freed right after it); 2 a
+ * pass under way (fp_mt_sweep_left slots to go). */
+static int fp_mt_sweep_on = 0;
+static uint32_t fp_mt_sweep_wait = 0;
+static int fp_mt_sweep_found = 0;            /* this pass dropped garbage */
+static int fp_mt_sweep_death = 0;            /* a budget died with entries during this pass */
 static uint32_t fp_mt_sweep_pos = 0;
-static uint32_t fp_mt_sweep_left = 0;        /* slots left in this pass */
+static uint32_t fp_mt_sweep_left = 0;
 
 static int fp_mem_installed = 0;
 
@@ -478,37 +483,57 @@ static inline void fp_mt_drop_at(uint32_t i)
     fp_mem_owner_unref(n);
 }
 
-/* A budget died with entries left: sweep for garbage. */
-static void fp_mt_sweep_start(void)
+static inline void fp_mt_sweep_wait_start(void)
 {
-    if (fp_mt_sweep_on) {
-        fp_mt_sweep_again = 1;
-    } else if (fp_mt_slots != NULL) {
-        fp_mt_sweep_on = 1;
-        fp_mt_sweep_again = 0;
-        fp_mt_sweep_left = fp_mt_mask + 1;
-    }
+    fp_mt_sweep_on = 1;
+    fp_mt_sweep_wait = fp_mt_mask + 1;       /* as long as a pass: O(1) amortised */
 }
 
-/* A few slots of the sweep.  A pass visits every slot once; another pass
- * follows while the last one found garbage or a budget died meanwhile. */
-static void fp_mt_sweep_step(void)
+/* A budget died with entries left: sweep for garbage, soon. */
+static void fp_mt_sweep_start(void)
+{
+    if (fp_mt_sweep_on == 2)
+        fp_mt_sweep_death = 1;
+    else if (fp_mt_sweep_on == 0 && fp_mt_slots != NULL)
+        fp_mt_sweep_wait_start();
+}
+
+/* One tick of the sweep, on every table operation while it is not idle.  A
+ * pass visits every slot once, FP_MEM_SWEEP_STEP per tick, and drops the
+ * entries all of whose records are gone; another pass follows at once while
+ * the last one found garbage, or after a wait if a budget died meanwhile. */
+static void fp_mt_sweep_tick(void)
 {
     int k;
+    if (fp_mt_sweep_on == 1) {
+        if (--fp_mt_sweep_wait)
+            return;
+        if (fp_mt_dead_blocks <= 0 || fp_mt_count == 0) {
+            fp_mt_sweep_on = 0;
+            return;
+        }
+        fp_mt_sweep_on = 2;
+        fp_mt_sweep_found = fp_mt_sweep_death = 0;
+        fp_mt_sweep_left = fp_mt_mask + 1;
+    }
     for (k = 0; k < FP_MEM_SWEEP_STEP && fp_mt_count; k++) {
         uint32_t i;
         if (fp_mt_sweep_left == 0) {
-            if (!fp_mt_sweep_again || fp_mt_dead_blocks <= 0) {
+            if (fp_mt_sweep_found && fp_mt_dead_blocks > 0) {
+                fp_mt_sweep_found = fp_mt_sweep_death = 0;
+                fp_mt_sweep_left = fp_mt_mask + 1;
+            } else if (fp_mt_sweep_death && fp_mt_dead_blocks > 0) {
+                fp_mt_sweep_wait_start();
+                return;
+            } else {
                 fp_mt_sweep_on = 0;
                 return;
             }
-            fp_mt_sweep_again = 0;
-            fp_mt_sweep_left = fp_mt_mask + 1;
         }
         i = fp_mt_sweep_pos & fp_mt_mask;
         if (fp_mt_slots[i].ptr && fp_mem_chain_dead(FP_MT_NODE(fp_mt_slots[i].meta))) {
             fp_mt_drop_at(i);           /* slot i now holds a shifted entry: look again */
-            fp_mt_sweep_again = 1;
+            fp_mt_sweep_found = 1;
         } else {
             fp_mt_sweep_pos++;
             fp_mt_sweep_left--;
@@ -716,13 +741,29 @@ static inline int fp_mem_admit(fp_mem *m, int64_t size, uint32_t old_node, int64
 static inline void fp_mem_added(uint32_t n, void *p, int64_t size)
 {
     int tracked = fp_mt_insert((uintptr_t)p, size, n);
-    fp_mem_chain_add(n, size, tracked);
-    if (tracked)
-        fp_own(n)->refs++;
-    else
-        fp_mt_untracked++;
+    fp_mem_owner *o = fp_own(n);
+    if (FP_LIKELY(o->parent == 0)) {
+        /* a top-level call: the node is the budget's record itself */
+        o->live += size;
+        o->gross += size;
+        if (o->live > o->peak)
+            o->peak = o->live;
+        if (tracked) {
+            o->blocks++;
+            o->refs++;
+        } else {
+            o->inexact = 1;
+            fp_mt_untracked++;
+        }
+    } else {
+        fp_mem_chain_add(n, size, tracked);
+        if (tracked)
+            o->refs++;
+        else
+            fp_mt_untracked++;
+    }
     if (FP_UNLIKELY(fp_mt_sweep_on))
-        fp_mt_sweep_step();
+        fp_mt_sweep_tick();
 }
 
 /* A possibly tracked block p was freed (or left the accounting: a realloc
@@ -734,11 +775,24 @@ static __attribute__((noinline)) void fp_mem_forget(uintptr_t p)
     if (fp_mt_count) {
         int64_t i = fp_mt_find(p);
         if (i >= 0) {
-            fp_mt_drop_at((uint32_t)i);
+            uint64_t meta = fp_mt_slots[i].meta;
+            uint32_t n = FP_MT_NODE(meta);
+            fp_mem_owner *o = fp_own(n);
+            if (FP_LIKELY(o->parent == 0)) {
+                /* a block of a top-level call: its record alone counted it */
+                o->live -= FP_MT_SIZE(meta);
+                o->blocks--;
+                if (o->dead)
+                    fp_mt_dead_blocks--;
+                fp_mt_delete_at((uint32_t)i);
+                fp_mem_owner_unref(n);
+            } else {
+                fp_mt_drop_at((uint32_t)i);
+            }
             fp_mt_maybe_shrink();
         }
         if (FP_UNLIKELY(fp_mt_sweep_on))
-            fp_mt_sweep_step();
+            fp_mt_sweep_tick();
     }
     FP_MEM_UNLOCK();
     m = fp_tls_mem;
@@ -877,7 +931,7 @@ static void *fp_mem_realloc_active(fp_mem *m, PyMemAllocatorEx *orig, void *ptr,
     if (old >= 0)
         fp_mem_owner_unref(old_node);
     if (FP_UNLIKELY(fp_mt_sweep_on))
-        fp_mt_sweep_step();
+        fp_mt_sweep_tick();
     FP_MEM_UNLOCK();
     return p;
 }

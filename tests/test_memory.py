@@ -680,3 +680,112 @@ def test_accounting_state_is_released_after_large_calls_and_thread_exit():
     out = _run_script(THREAD_TABLES)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout) < 32, f"RSS grew by {out.stdout.strip()} MiB"
+
+
+# ------------------------------------------------------ the process-wide block table
+
+
+@pytest.fixture
+def table(fp):
+    info = fp.core._memory_table_info
+    gc.collect()
+    return info
+
+
+def test_past_the_table_limit_the_figure_is_an_upper_bound(fp, table):
+    previous = fp.core._memory_table_limit(1024)
+    try:
+        room = max(table()["capacity"], 1024) * 3 // 4     # blocks the table holds now
+        b = fp.ExecutionConstraints(60_000, memory_limit_bytes=1 << 30).create_budget()
+        blocks = b.enforce(lambda: [bytes(64) for _ in range(4 * room)])
+        assert table()["untracked_blocks"] > 0
+        used = b.stats().memory_used_bytes
+        assert used >= 4 * room * 97                       # never below the truth
+        del blocks                                         # the untracked frees are not seen
+        s = b.stats()
+        assert s.memory_used_bytes == used
+        more = b.enforce(lambda: bytes(MB))
+        assert b.stats().memory_peak_bytes > MB            # still counted, upper bound
+        del more
+    finally:
+        fp.core._memory_table_limit(previous)
+    gc.collect()
+    assert table()["blocks"] < 1024
+
+
+def test_blocks_of_a_deallocated_budget_leave_the_table(fp, table):
+    # A cache keeps what memory-limited calls returned; the budgets are gone.
+    c = fp.ExecutionConstraints(60_000, memory_limit_bytes=100 * MB)
+    budgets = [c.create_budget() for _ in range(20)]
+    cache = [b.enforce(lambda: [object() for _ in range(1000)]) for b in budgets]
+    assert table()["blocks"] >= 20_000                 # theirs while the budgets live
+    del budgets
+    assert table()["dead_blocks"] >= 20_000
+    # Table operations (any tracked allocation or free) sweep the garbage away.
+    # A sweep waits as many operations as the table has slots, then visits
+    # two slots per operation: 65,536 slots here at most.
+    worker = fp.ExecutionConstraints(60_000, memory_limit_bytes=100 * MB)
+    for calls in range(1, 2001):
+        worker.create_budget().enforce(lambda: [bytes(10) for _ in range(200)])
+        if table()["blocks"] < 2000:
+            break
+    info = table()
+    assert info["blocks"] < 2000 and info["dead_blocks"] == 0, (calls, info)
+    assert info["capacity"] <= 16_384                  # and the table shrank
+    assert len(cache) == 20
+    del cache                          # frees of blocks nobody tracks any more: harmless
+    gc.collect()
+    assert table()["blocks"] < 2000
+
+
+def test_a_block_grown_after_the_call_leaves_the_accounting(fp):
+    b = fp.ExecutionConstraints(60_000, memory_limit_bytes=100 * MB).create_budget()
+    items = b.enforce(lambda: [None] * 100_000)         # 800 KB, counted
+    peak = b.stats().memory_peak_bytes
+    items.extend([None] * 1_000_000)                    # realloc outside any call
+    assert b.stats().memory_peak_bytes == peak          # nothing added outside calls
+    b.enforce(lambda: bytearray(peak))                  # and the old block no longer counts:
+    assert b.stats().memory_peak_bytes < 2 * peak + 4096
+    del items
+
+
+def test_figures_stay_sound_across_many_budgets_and_threads(fp, table):
+    # A mixed workload: nested calls, frees on other threads, results kept and dropped.
+    handoff: queue.Queue = queue.Queue()
+    stop = object()
+
+    def drain():
+        while handoff.get() is not stop:
+            pass
+
+    t = threading.Thread(target=drain)
+    t.start()
+    outer_c = fp.ExecutionConstraints(60_000, memory_limit_bytes=64 * MB)
+    inner_c = fp.ExecutionConstraints(60_000, memory_limit_bytes=8 * MB)
+    kept = []
+    try:
+        for i in range(300):
+            outer = outer_c.create_budget()
+
+            def rule():
+                local = [bytes(100) for _ in range(100)]
+                inner = inner_c.create_budget()
+                got = inner.enforce(lambda: [bytearray(1000) for _ in range(50)])
+                handoff.put(got)
+                kept.append(local if i % 7 == 0 else None)
+                s = inner.stats()
+                assert 0 < s.memory_peak_bytes <= s.memory_allocated_bytes
+                return len(local)
+
+            assert outer.enforce(rule) == 100
+            s = outer.stats()
+            assert s.violations == ()
+            assert 0 < s.memory_peak_bytes <= s.memory_allocated_bytes
+    finally:
+        handoff.put(stop)
+        t.join()
+    del kept
+    gc.collect()
+    for _ in range(100):
+        outer_c.create_budget().enforce(lambda: [bytes(10) for _ in range(100)])
+    assert table()["blocks"] < 2000
