@@ -625,11 +625,11 @@ cdef class ExecutionBudget:
         outer_gen = self._gen
         gen = fp_arm(slot, &saved, interrupt_at, FP_TIMEOUT, cpu_limit, stop_it)
         self._gen = gen
+        mem_out.tripped = mem_out.killed = 0     # (fp_run_call sets mem_out when mem_on)
         if mem_on:
             fp_mem_ensure()     # re-wraps allocators someone restored underneath us
             fp_mem_arm(&slot.mem, &saved.mem, &self._mem_rec, gen, c._memory_limit,
                        self._memory_charged, stop_it and fp_preempt_enabled)
-            mem_out.tripped = mem_out.killed = 0     # (set by fp_run_call)
         try:
             result = fp_run_call(slot, &saved, mem_on, &mem_out, fn, args, nargs, kwnames)
         except BaseException as exc:

@@ -62,8 +62,10 @@
  * made with the GIL held -- the MEM and OBJ domains are only ever called with
  * it (GIL builds of 3.11-3.14), and so are enforce(), charge_memory() and a
  * budget's deallocation -- and is wrapped in FP_MEM_LOCK/FP_MEM_UNLOCK, which
- * are no-ops under the GIL.  A free-threaded build (Py_GIL_DISABLED) would make
- * them a mutex; nothing calls back into Python between the two.
+ * are no-ops under the GIL.  A free-threaded build (Py_GIL_DISABLED) turns the
+ * GIL back on when it loads this module (which does not declare Py_mod_gil);
+ * to run without it, make these two a mutex: nothing between them calls back
+ * into Python or into a hooked allocator.
  */
 #ifndef FASTPATH_MEMHOOK_H
 #define FASTPATH_MEMHOOK_H
@@ -955,7 +957,7 @@ static void *fp_mem_realloc(void *ctx, void *ptr, size_t new_size)
 static void fp_mem_free(void *ctx, void *ptr)
 {
     PyMemAllocatorEx *orig = (PyMemAllocatorEx *)ctx;
-    if (FP_UNLIKELY(fp_mt_count != 0) && ptr != NULL)
+    if (FP_UNLIKELY(fp_mt_count != 0) && ptr != NULL)     /* the idle test: one load */
         fp_mem_forget((uintptr_t)ptr);
     orig->free(orig->ctx, ptr);
 }
