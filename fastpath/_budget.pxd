@@ -5,7 +5,7 @@
 # vtable, no Python call, no allocation.  Field layout is part of this API.
 
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastpath._histogram cimport LatencyHistogram
 
@@ -51,10 +51,10 @@ cdef class ExecutionBudget:
     cdef int64_t _deadline_ns                  # _start_ns + max_exec_ns (saturated)
     cdef int64_t _stop_ns                      # when the last enforce() returned; 0: running
     cdef int64_t _memory_charged               # bytes added with charge_memory()
-    cdef int64_t _mem_gross                    # bytes its calls allocated (freed or not)
-    cdef int64_t _mem_net                      # of those, bytes alive when the last call ended
-    cdef int64_t _mem_peak                     # highest live bytes during its calls
-    cdef int64_t _mem_refused                  # live bytes + the allocation the cap refused; 0: none
+    cdef int64_t _mem_gross                    # bytes its calls allocated (freed or not) *
+    cdef int64_t _mem_net                      # of those, bytes alive *
+    cdef int64_t _mem_peak                     # highest live bytes of its blocks *
+    cdef int64_t _mem_refused                  # live bytes + the allocation the cap refused; 0: none *
     cdef int64_t _cpu_measured_ns              # CPU time read from the thread's CPU clock
     cdef int64_t _cpu_bound_ns                 # wall time of calls too short to reach the CPU allowance
     cdef bint _cpu_unmeasured                  # some part of _cpu_* is a wall-time bound
@@ -66,6 +66,9 @@ cdef class ExecutionBudget:
     cdef uint64_t _gen                         # generation of the enforce() running it; 0: none
     cdef bint _raised                          # the last run_c raised this budget's own violation
     cdef public object _scope                  # the open `with` / `async with` block, or None
+    cdef uint32_t _mem_rec                     # its memory record (_fp_memhook.h); 0: none yet
+    # * a snapshot taken when its last memory-limited call ended; the figures
+    #   themselves live in the record (frees after the call still lower them)
 
     # True once the wall-clock deadline has passed; a clock read, nothing else.
     cdef bint is_timeout_c(self) noexcept

@@ -6,7 +6,7 @@
 cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 import atexit as _atexit
 import os as _os
@@ -31,15 +31,25 @@ cdef extern from "Python.h":
 cdef extern from "_fp_runtime.h":
     ctypedef struct fp_mem_session:
         int active
-        int64_t gross
-        int64_t net
-        int64_t peak
-        int64_t refused
+        int tripped
+        int killed
         uint64_t owner_gen
     ctypedef struct fp_mem:
         fp_mem_session s
-        uint64_t trip_gen
-        int overflow
+    ctypedef struct fp_mem_owner:
+        int64_t live
+        int64_t peak
+        int64_t gross
+        int64_t refused
+    ctypedef struct fp_mem_table_info:
+        uint64_t capacity
+        uint64_t blocks
+        uint64_t max_slots
+        uint64_t max_blocks
+        uint64_t untracked
+        uint64_t owners
+        int64_t dead_blocks
+        int sweeping
     ctypedef struct fp_slot:
         uint64_t fire_gen
         int fire_kind
@@ -105,12 +115,15 @@ cdef extern from "_fp_runtime.h":
     object fp_run_call(fp_slot *s, fp_saved *sv, uint64_t gen, int mem_on,
                        fp_mem_session *mem_out, object fn, PyObject **args, Py_ssize_t nargs,
                        PyObject *kwnames)
-    fp_mem *fp_tls_mem
     void fp_mem_install() noexcept
     void fp_mem_ensure() noexcept
-    void fp_mem_arm(fp_mem *m, fp_mem_session *saved, uint64_t gen, int64_t limit,
+    void fp_mem_arm(fp_mem *m, fp_mem_session *saved, uint32_t *rec, uint64_t gen, int64_t limit,
                     int64_t charged, int enforce_cap) noexcept
-    void fp_mem_charge(fp_mem *m, uint64_t gen, int64_t nbytes) noexcept
+    void fp_mem_charge(uint32_t rec, int64_t nbytes) noexcept
+    void fp_mem_release(uint32_t rec) noexcept
+    fp_mem_owner *fp_own(uint32_t i) noexcept
+    void fp_mem_get_info(fp_mem_table_info *info) noexcept
+    uint32_t fp_mem_set_max_slots(uint32_t slots) noexcept
     ctypedef object (*fp_fastcall_fn)(object, PyObject **, Py_ssize_t, PyObject *)
     int fp_install_fastcall(type tp, const char *name, fp_fastcall_fn fn, const char *doc) except -1
     PyObject *fp_interrupt_type
@@ -145,6 +158,17 @@ cdef int64_t DELIVERY_SLACK_NS = 2000000
 cdef object _judged(int64_t end, int64_t due):
     """interruptible: did the call stop soon enough after its interrupt fell due?"""
     return end - due <= DELIVERY_SLACK_NS + <int64_t>(_sys.getswitchinterval() * 1e9)
+
+cdef bint _from_memory_error(object exc) except -1:
+    # Is exc a MemoryError, or was it raised while one was being handled?
+    cdef int i
+    for i in range(64):         # a __context__ chain can be a cycle
+        if exc is None:
+            return False
+        if isinstance(exc, MemoryError):
+            return True
+        exc = exc.__context__
+    return False
 
 
 cdef tuple _KIND_OBJS = (
@@ -439,6 +463,7 @@ cdef inline int _end_call(ExecutionBudget self, fp_slot *slot, fp_saved *saved, 
     cdef ExecutionConstraints c = self._constraints
     cdef int mask = 0
     cdef int64_t end, wall, used, total
+    cdef fp_mem_owner *rec
     fired[0] = fp_disarm(slot, saved, gen)
     end = fp_now_ns()
     cpu_due[0] = -1
@@ -446,13 +471,14 @@ cdef inline int _end_call(ExecutionBudget self, fp_slot *slot, fp_saved *saved, 
     if fired[0]:
         # Drop an interrupt still pending for this call (GIL path).
         PyThreadState_SetAsyncExc(slot.py_ident, NULL)
-    if mem_on:
-        if self._mem_net + mem_out.peak > self._mem_peak:
-            self._mem_peak = self._mem_net + mem_out.peak
-        if mem_out.refused and self._mem_net + mem_out.refused > self._mem_refused:
-            self._mem_refused = self._mem_net + mem_out.refused
-        self._mem_gross += mem_out.gross
-        self._mem_net += mem_out.net
+    if mem_on and self._mem_rec:
+        # The figures live in the budget's record (frees after the call still
+        # lower `live`); the _mem_* fields keep a snapshot for C-level readers.
+        rec = fp_own(self._mem_rec)
+        self._mem_gross = rec.gross
+        self._mem_net = rec.live
+        self._mem_peak = rec.peak
+        self._mem_refused = rec.refused
     self._stop_ns = end
     wall = end - fn_start
     if end >= self._deadline_ns:
@@ -508,6 +534,10 @@ cdef class ExecutionBudget:
         self._deadline_ns = fp_sat_add(self._start_ns, self._constraints._max_exec_ns)
         _nest_deadline(self)
 
+    def __dealloc__(self):
+        if self._mem_rec:
+            fp_mem_release(self._mem_rec)     # its blocks stop counting for it
+
     @property
     def constraints(self):
         return self._constraints
@@ -543,16 +573,14 @@ cdef class ExecutionBudget:
             self._violation_count += 1
 
     cdef int64_t _memory_used(self) noexcept:
-        # Peak live bytes of its calls (or what the cap refused), plus charges;
-        # while one of its calls runs on this thread, that call's live figures.
-        cdef int64_t used = (self._mem_peak if self._mem_peak > self._mem_refused
-                             else self._mem_refused)
-        cdef int64_t live
-        cdef fp_mem *m = fp_tls_mem
-        if self._gen and m != NULL and m.s.active and m.s.owner_gen == self._gen:
-            live = self._mem_net + (m.s.peak if m.s.peak > m.s.refused else m.s.refused)
-            if live > used:
-                used = live
+        # High-water mark of the live bytes of its blocks (or what the cap
+        # refused), plus charges; the record is kept up to date while a call
+        # runs, and by frees of its blocks at any time, on any thread.
+        cdef int64_t used = 0
+        cdef fp_mem_owner *rec
+        if self._mem_rec:
+            rec = fp_own(self._mem_rec)
+            used = rec.peak if rec.peak > rec.refused else rec.refused
         return fp_sat_add(used, self._memory_charged)
 
     cdef int check_c(self) except -1:
@@ -598,8 +626,8 @@ cdef class ExecutionBudget:
         if nbytes < 0:
             raise InvalidConfiguration(f"nbytes must be an int >= 0, got {nbytes!r}")
         self._memory_charged = min(self._memory_charged + nbytes, FP_INT64_MAX)
-        if self._gen:
-            fp_mem_charge(fp_tls_mem, self._gen, min(nbytes, FP_INT64_MAX))
+        if self._mem_rec:
+            fp_mem_charge(self._mem_rec, min(nbytes, FP_INT64_MAX))
 
     def get_violations(self):
         """The violation kinds recorded so far, in the order recorded."""
@@ -615,8 +643,9 @@ cdef class ExecutionBudget:
         cdef int i
         st.elapsed_ns = self._now_or_stop() - self._start_ns
         st.memory_used_bytes = self._memory_used()
-        st.memory_allocated_bytes = self._mem_gross
-        st.memory_peak_bytes = self._mem_peak
+        if self._mem_rec:
+            st.memory_allocated_bytes = fp_own(self._mem_rec).gross
+            st.memory_peak_bytes = fp_own(self._mem_rec).peak
         st.cpu_time_us = (self._cpu_measured_ns + self._cpu_bound_ns) // 1000
         st.cpu_time_measured = not self._cpu_unmeasured
         st.violations = tuple([_KIND_OBJS[self._violation_order[i]]
@@ -752,6 +781,7 @@ cdef int _begin_call(ExecutionBudget self, _Call *k, bint preempt, bint check_ex
     cdef int64_t cpu_limit, cpu_max_age
     k.fired = 0
     k.cpu_due = -1
+    k.mem_out.tripped = k.mem_out.killed = 0     # (set when the memory session ends)
     k.stop_it = preempt and c._fail_closed
     k.mem_on = c._memory_limit >= 0
     self._raised = False
@@ -801,8 +831,8 @@ cdef int _begin_call(ExecutionBudget self, _Call *k, bint preempt, bint check_ex
         self._cpu_lo = k.saved.cpu_lo
     if k.mem_on:
         fp_mem_ensure()     # re-wraps allocators someone restored underneath us
-        fp_mem_arm(&k.slot.mem, &k.saved.mem, k.gen, c._memory_limit, self._memory_charged,
-                   k.stop_it and fp_preempt_enabled)
+        fp_mem_arm(&k.slot.mem, &k.saved.mem, &self._mem_rec, k.gen, c._memory_limit,
+                   self._memory_charged, k.stop_it and fp_preempt_enabled)
     return 0
 
 
@@ -814,6 +844,14 @@ cdef int _call_failed(ExecutionBudget self, _Call *k, object exc) except -1:
     cdef fp_slot *slot = k.slot
     if isinstance(exc, ExecutionInterrupted):
         if not k.fired:
+            if k.mem_on and k.mem_out.killed:
+                # The memory interrupt: this call's cap refused past its grace
+                # margin and the callee kept allocating.
+                if not (mask & (1 << FP_MEMORY)):
+                    self.record_c(FP_MEMORY)
+                    mask |= 1 << FP_MEMORY
+                self._raised = True
+                raise self._violation(mask, True, False)
             return 0        # meant for an enclosing enforce() on this thread
         if slot.fire_kind and not (mask & (1 << slot.fire_kind)):
             self.record_c(slot.fire_kind)
@@ -821,14 +859,15 @@ cdef int _call_failed(ExecutionBudget self, _Call *k, object exc) except -1:
         self._raised = True
         raise self._violation(mask, True, _judged(
             self._stop_ns, k.interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns))
-    if k.mem_on and slot.mem.trip_gen == k.gen and isinstance(exc, MemoryError):
-        # The cap refused an allocation: a MEMORY_EXCEEDED violation, not fn's
-        # own error.
+    if k.mem_on and k.mem_out.tripped and _from_memory_error(exc):
+        # This call's cap refused an allocation and fn ended with that
+        # MemoryError (or an error raised while handling it): a MEMORY_EXCEEDED
+        # violation, not fn's own error.
         if not (mask & (1 << FP_MEMORY)):
             self.record_c(FP_MEMORY)
             mask |= 1 << FP_MEMORY
         self._raised = True
-        raise self._violation(mask, True, True)
+        raise self._violation(mask, True, not k.mem_out.killed)
     return 0
 
 
@@ -842,7 +881,7 @@ cdef int _call_returned(ExecutionBudget self, _Call *k, object fn, object result
         self._raised = True
         raise self._violation(mask, False, _returned_late(
             self, k.slot, k.gen, mask, k.stop_it, k.interrupt_at, k.fired, k.cpu_due,
-            k.mem_on and k.slot.mem.trip_gen == k.gen))
+            k.mem_on and k.mem_out.tripped))
     return 0
 
 
@@ -1011,7 +1050,7 @@ cdef class _Steps:
             b._raised = True
             raise b._violation(mask, False, _returned_late(
                 b, k.slot, k.gen, mask, k.stop_it, k.interrupt_at, k.fired, k.cpu_due,
-                k.mem_on and k.slot.mem.trip_gen == k.gen))
+                k.mem_on and k.mem_out.tripped))
         if self.timer is None and k.stop_it and fp_preempt_enabled:
             self._schedule_deadline()
         return yielded
@@ -1468,6 +1507,32 @@ def _slot_state():
         return None
     return {"depth": slot.depth, "defer_depth": slot.defer_depth,
             "unordered": bool(slot.unordered)}
+
+
+def _memory_table_info():
+    """The process-wide live-block table of the memory accounting (tests, selftest).
+
+    blocks: blocks tracked now; max_blocks: what the table holds at its largest;
+    untracked_blocks: blocks counted when allocated but never tracked because the
+    table was full (their frees are not subtracted: the figures are upper bounds)."""
+    cdef fp_mem_table_info i
+    fp_mem_get_info(&i)
+    return {
+        "capacity": i.capacity,
+        "bytes": i.capacity * 16,
+        "blocks": i.blocks,
+        "max_blocks": i.max_blocks,
+        "untracked_blocks": i.untracked,
+        "owners": i.owners,
+        "dead_blocks": i.dead_blocks,
+        "sweeping": bool(i.sweeping),
+    }
+
+
+def _memory_table_limit(uint32_t slots):
+    """Tests only: the table's largest size, in slots (a power of two, 1024 ..
+    4194304); returns the previous one."""
+    return fp_mem_set_max_slots(slots)
 
 
 def build_info():

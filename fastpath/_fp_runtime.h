@@ -450,9 +450,7 @@ static fp_slot *fp_slot_create(void)
     s->base_wall = 0;
     s->fire_gen = 0;
     s->delivered = 0;
-    s->mem.s.active = 0;
-    s->mem.tripped = 0;
-    s->mem.trip_gen = 0;
+    fp_mem_thread_reset(&s->mem);
     if (s->next_gen == 0) {
         /* Generations are unique across slots too (2**40 per slot): a budget
          * looked at from another thread can never match this thread's call. */
@@ -746,8 +744,10 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
         }
         s->fire_kind = fires[i].kind;
         s->fire_ns = fires[i].due_ns;
-        s->sig_sent_ns = 0;
-        s->delivered = 1;
+        if (!(s->is_main && fp_sig_route == FP_ROUTE_OURS)) {
+            s->sig_sent_ns = 0;
+            s->delivered = 1;
+        }   /* else the signal handler may still raise it first (e.g. in a sleep) */
         __atomic_store_n(&s->fire_gen, g, __ATOMIC_RELEASE);
         PyThreadState_SetAsyncExc(s->py_ident, fp_interrupt_type);
         fp_wd_fires++;
@@ -879,18 +879,21 @@ static int fp_wd_signal_main(fp_slot *s, uint64_t gen, int kind, int64_t due, in
         return 0;
     if (__atomic_load_n(&s->fire_gen, __ATOMIC_ACQUIRE) == gen && s->sig_sent_ns) {
         /* Already signalled for this call. */
-        if (s->wd_gil_fallback)
-            return 0;
         if (!s->delivered && !s->deferred) {
-            if (now - s->sig_sent_ns < FP_WD_SIGNAL_LAND_NS)
+            if (now - s->sig_sent_ns < (s->wd_gil_fallback ? FP_WD_REFIRE_NS
+                                                          : FP_WD_SIGNAL_LAND_NS))
                 return 1;       /* give the handler time to run */
-            /* Not handled within 1 ms: the main thread is inside a C call, or
-             * the signal no longer reaches fastpath's handler (the GIL path
-             * checks which). */
-            s->wd_gil_fallback = 1;
-            return 0;
+            /* Not handled within 1 ms: the main thread is inside a C call, the
+             * signal came just before a blocking call started (no EINTR), or it
+             * no longer reaches fastpath's handler.  Go through the GIL path
+             * once (which also checks the handler), then send the signal again
+             * every 2 ms while the route is still fastpath's. */
+            if (!s->wd_gil_fallback) {
+                s->wd_gil_fallback = 1;
+                return 0;
+            }
         }
-        /* delivered and swallowed, or put off: send it again */
+        /* else delivered and swallowed, or put off: send it again */
     }
     if (!fp_sig_is_ours()) {
         /* SIG_IGN, SIG_DFL (which would kill the process) or another C

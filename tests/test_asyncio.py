@@ -200,13 +200,16 @@ def test_async_with_budget_passes_a_quick_block(fp, run):
 
 def test_execute_async_applies_the_failure_policy(fp, run):
     events = []
-    enforcer = fp.ConstraintEnforcer(audit_sink=events.append,
-                                     fallbacks={fp.RuleType.SEMANTIC: "allow"})
+    c = fp.ExecutionConstraints
+    enforcer = fp.ConstraintEnforcer.with_constraints(
+        c.fast_rule().replace(max_exec_ms=300),          # headroom for the quick call
+        c.semantic_rule(), c.wasm_hook(10), c.observational(1.0),
+        audit_sink=events.append, fallbacks={fp.RuleType.SEMANTIC: "allow"})
 
     async def main():
         ok = await enforcer.execute_async(fp.RuleType.FAST, double, 4)
         with pytest.raises(fp.ConstraintViolation):
-            await enforcer.execute_async(fp.RuleType.FAST, sleeps, 2.0)      # 5 ms, fail closed
+            await enforcer.execute_async(fp.RuleType.FAST, sleeps, 2.0)      # fail closed
         fallback = await enforcer.execute_async(fp.RuleType.SEMANTIC, sleeps, 2.0)  # fail open
         return ok, fallback
 
