@@ -260,6 +260,25 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
         lateness_row("worker", "goal_worker_p99_ns"),
         f"p99 ≤ switch interval + 1 ms = {switch_ms + 1:g} ms")
 
+    def async_cost():
+        bare = r.ns("await_af", "reference")
+        ours = r.ns("await_af", "compiled") - bare
+        theirs = r.ns("await_af", "asyncio.timeout") - bare
+        x = theirs / ours
+        return (f"{fmt_ns(ours)} over a bare await ({fmt_x(ours / f)} f()); "
+                f"asyncio.timeout {fmt_ns(theirs)}: {x:.1f}× cheaper"), x >= 5 and ours <= 1000, x
+    add("16a", "`await budget.enforce_async(af)` − `await af()` vs `asyncio.timeout`",
+        async_cost, "≥ 5× cheaper, ≤ 1 µs")
+
+    def async_overshoot():
+        a = late["async"]
+        d, t = a["fastpath"], a["asyncio_timeout"]
+        return ((f"p99 {d['p99_ns'] / 1e3:,.0f} µs (median {d['median_ns'] / 1e3:,.0f} µs, "
+                 f"n={d['n']}); asyncio.timeout median {t['median_ns'] / 1e6:,.1f} ms"),
+                d["p99_ns"] <= a["goal_p99_ns"], d["p99_ns"])
+    add("16b", "deadline overshoot, coroutine running 50 ms chunks between awaits",
+        async_overshoot, "p99 ≤ 1 ms")
+
     hook = extras["memhook"]
 
     def hook_row():

@@ -67,6 +67,7 @@ cdef class ExecutionBudget:
     cdef bint _raised                          # the last run_c raised this budget's own violation
     cdef public object _scope                  # the open `with` / `async with` block, or None
     cdef uint32_t _mem_rec                     # its memory record (_fp_memhook.h); 0: none yet
+    cdef uint64_t _cur_seq                     # when it last became an async current budget
     # * a snapshot taken when its last memory-limited call ended; the figures
     #   themselves live in the record (frees after the call still lower them)
 

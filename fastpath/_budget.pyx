@@ -62,6 +62,7 @@ cdef extern from "_fp_runtime.h":
         int deferred
         int delivered
         PyObject *current
+        PyObject *step_current
         fp_mem mem
     ctypedef struct fp_saved:
         int cpu_idx
@@ -106,6 +107,7 @@ cdef extern from "_fp_runtime.h":
                              fp_mem_session *mem_out, object it, PyObject *arg, PyObject *exc,
                              PyObject **result)
     int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen) noexcept
+    void fp_base_write(fp_slot *s, int64_t cpu, int64_t wall) noexcept
     int64_t fp_cpu_start_lo(const fp_slot *s, int cpu_idx, uint64_t gen, int64_t lo) noexcept
     int fp_cpu_watch_of(const fp_slot *s, uint64_t gen) noexcept
     int fp_main_pending(fp_slot *s) noexcept
@@ -367,12 +369,19 @@ cdef inline int _nest_deadline(ExecutionBudget budget) except -1:
 
 
 cdef inline object _current_budget():
+    # A sync call or `with` block is innermost (nothing can await inside it);
+    # else the later of the running coroutine step's budget and the task's
+    # `async with` budget.
     cdef fp_slot *slot = fp_tls_slot
+    cdef object scoped
     if slot != NULL and slot.current != NULL:
         return <object>slot.current
-    if _async_scopes:
-        return _aio.current_budget()
-    return None
+    scoped = _aio.current_budget() if _async_scopes else None
+    if slot != NULL and slot.step_current != NULL:
+        if scoped is None or (<ExecutionBudget>scoped)._cur_seq < (
+                <ExecutionBudget>slot.step_current)._cur_seq:
+            return <object>slot.step_current
+    return scoped
 
 
 def current_budget():
@@ -721,6 +730,7 @@ cdef class ExecutionBudget:
             raise self._violation(1 << FP_TIMEOUT, False, None)
         self._stop_ns = 0
         _async_scopes += 1
+        _next_seq(self)
         return ((self._deadline_ns - now) / 1e9,
                 bool(self._preempt and self._constraints._fail_closed and fp_preempt_enabled))
 
@@ -749,8 +759,10 @@ cdef class ExecutionBudget:
         that enforces the budget's remaining time itself, e.g. fastpath.regex)."""
         cdef fp_slot *slot = fp_tls_slot
         if not self._gen or slot == NULL:
-            raise self._violation(1 << FP_TIMEOUT, False, None) if self.check_c() else \
-                RuntimeError("no call of this budget is running on this thread")
+            # an `async with` scope (no armed call): the violation itself
+            self._stop_ns = fp_now_ns()
+            self.record_c(FP_TIMEOUT)
+            raise self._violation(1 << FP_TIMEOUT, True, True)
         slot.fire_kind = FP_TIMEOUT
         slot.fire_ns = self._deadline_ns
         slot.delivered = 1
@@ -904,7 +916,14 @@ cdef class _Scope:
 # ---------------------------------------------------------------- asyncio
 
 cdef object _aio = None        # fastpath._aio, imported on first async use
-cdef int _async_scopes = 0     # enforce_async / `async with` scopes open (any thread)
+cdef int _async_scopes = 0     # `async with` scopes open (any thread)
+cdef uint64_t _seq = 0         # orders async current budgets (innermost = latest)
+
+
+cdef inline void _next_seq(ExecutionBudget b) noexcept:
+    global _seq
+    _seq += 1
+    b._cur_seq = _seq
 
 
 cdef object _aio_module():
@@ -933,7 +952,6 @@ cdef class _Steps:
 
     cdef ExecutionBudget budget
     cdef object it              # the coroutine (or the awaitable's iterator)
-    cdef object token           # fastpath._aio.CURRENT reset token
     cdef object task            # the task awaiting us (for the deadline cancellation)
     cdef object timer           # the loop timer that cancels it at the deadline
     cdef bint started
@@ -982,15 +1000,10 @@ cdef class _Steps:
             self.it.close()
 
     cdef _finish(self):
-        global _async_scopes
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.token is not None:
-            _aio.CURRENT.reset(self.token)
-            self.token = None
-            _async_scopes -= 1
 
     def _on_deadline(self):
         # Loop timer: the coroutine is suspended past its deadline: cancel the task.
@@ -1006,13 +1019,13 @@ cdef class _Steps:
         cdef PySendResult r
         cdef bint first = not self.started
         cdef int mask
-        global _async_scopes
+        cdef PyObject *outer_step
         if self.done:
             raise RuntimeError("cannot reuse an already awaited enforce_async()")
         if first:
             self.started = True
-            self.token = _aio_module().CURRENT.set((b, _aio.task_now()))
-            _async_scopes += 1
+            _aio_module()
+            _next_seq(b)
         elif exc is not None and self.cancelled and isinstance(exc, _aio.CancelledError):
             return self._cancel_at_deadline(exc)
         elif (b._preempt and c._fail_closed and fp_preempt_enabled
@@ -1025,9 +1038,13 @@ cdef class _Steps:
             self._finish()
             self.it.close()
             raise
+        # The step's budget is current while it runs (current_budget() there).
+        outer_step = k.slot.step_current
+        k.slot.step_current = <PyObject *>b
         try:
             r = fp_run_step(k.slot, &k.saved, k.gen, k.mem_on, &k.mem_out, self.it,
                             <PyObject *>value, NULL if exc is None else <PyObject *>exc, &res)
+            k.slot.step_current = outer_step
             if r == PYGEN_ERROR:
                 _reraise()
         except BaseException as e:
@@ -1490,12 +1507,14 @@ def _measure_arm_disarm(Py_ssize_t n):
     if n < 1:
         raise InvalidConfiguration(f"n must be >= 1, got {n}")
     deadline = fp_now_ns() + 3600 * 1000000000
+    # A fast_rule()-like call: deadline and CPU watch, with the watchdog's
+    # reading of the thread's CPU clock fresh, as it is between back-to-back
+    # calls (the clock read for the call's start is enforce()'s anyway).
+    fp_base_write(slot, fp_thread_cpu_ns(), fp_now_ns())
     t0 = fp_now_ns()
     for _ in range(n):
-        # a fast_rule()-like call: deadline and CPU watch, the watchdog's
-        # reading of the CPU clock fresh (as it is between back-to-back calls)
-        gen = fp_arm(slot, &saved, NULL, deadline, FP_TIMEOUT, 500000, 1, t0,
-                     3600 * 1000000000)
+        gen = fp_arm(slot, &saved, NULL, deadline, FP_TIMEOUT, 500000, 1, deadline,
+                     FP_INT64_MAX)
         fp_disarm(slot, &saved, gen)
     return (fp_now_ns() - t0) / n
 

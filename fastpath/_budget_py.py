@@ -748,7 +748,10 @@ class ExecutionBudget:
         that enforces the budget's remaining time itself, e.g. fastpath.regex)."""
         slot = _slot()
         if not self._gen:
-            raise RuntimeError("no call of this budget is running on this thread")
+            # an `async with` scope (no armed call): the violation itself
+            self._stop_ns = _now_ns()
+            self._record_mask(1 << TIMEOUT)
+            raise self._violation(1 << TIMEOUT, True, True)
         slot.fire_kind = TIMEOUT
         slot.fire_ns = self._deadline_ns
         slot.fire_gen = self._gen

@@ -293,6 +293,7 @@ typedef struct fp_slot {
     int64_t cpu_recent_ns;    /* when a CPU-limited call last started here */
     int defer_depth;          /* open fastpath.uninterruptible() blocks */
     PyObject *current;        /* the innermost budget running here (borrowed; enforce() holds it) */
+    PyObject *step_current;   /* the budget of the coroutine step running here (borrowed) */
     int deferred;             /* the main-thread handler put an interrupt off */
     /* -- written by the watchdog -- */
     uint64_t base_seq;        /* seqlock of the reading below */
@@ -446,6 +447,7 @@ static fp_slot *fp_slot_create(void)
     s->defer_depth = 0;
     s->deferred = 0;
     s->current = NULL;
+    s->step_current = NULL;
     s->cpu_recent_ns = 0;
     s->base_wall = 0;
     s->fire_gen = 0;
@@ -1243,6 +1245,7 @@ static void fp_slot_reset(fp_slot *s)
     fp_seq_end(s);
     s->depth = 0;
     s->current = NULL;
+    s->step_current = NULL;
     s->reset_gen = s->next_gen;
     s->unordered = 1;
     fp_mem_abandon(&s->mem);

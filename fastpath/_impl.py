@@ -18,3 +18,17 @@ _SUFFIX = "_py" if NO_EXTENSIONS else ""
 
 core: ModuleType = importlib.import_module(f"{__package__}._budget{_SUFFIX}")
 histogram: ModuleType = importlib.import_module(f"{__package__}._histogram{_SUFFIX}")
+
+
+def current_budget_any() -> object:
+    """The current budget of whichever core is running one in this thread/task
+    (the compiled core, or the twin when a test or a user picked it)."""
+    import sys
+
+    for name in (f"{__package__}._budget", f"{__package__}._budget_py"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            budget = mod.current_budget()
+            if budget is not None:
+                return budget
+    return None

@@ -36,7 +36,6 @@ import math
 import numbers
 import operator
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
@@ -506,14 +505,9 @@ class RetryPolicy:
 
 
 def _current_budget() -> ExecutionBudget | None:
-    """The current budget of whichever core is running one here."""
-    for name in ("fastpath._budget", "fastpath._budget_py"):
-        core = sys.modules.get(name)
-        if core is not None:
-            budget = core.current_budget()
-            if budget is not None:
-                return budget  # type: ignore[no-any-return]
-    return None
+    from ._impl import current_budget_any
+
+    return current_budget_any()  # type: ignore[return-value]
 
 
 def _check_callable(fn: Any, entry: str) -> None:

@@ -206,6 +206,32 @@ def check_memory_and_cpu() -> str:
     return f"{memory}; {cpu}"
 
 
+def check_asyncio() -> str:
+    import asyncio
+
+    async def quick() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    async def sleeps() -> None:
+        await asyncio.sleep(2.0)
+
+    async def main() -> str:
+        if await ExecutionConstraints(60_000).create_budget().enforce_async(quick) != 7:
+            raise AssertionError("enforce_async did not return the coroutine's value")
+        t0 = time.monotonic()
+        try:
+            await ExecutionConstraints(20).create_budget().enforce_async(sleeps)
+        except ConstraintViolation as exc:
+            if exc.kind is not V.TIMEOUT_EXCEEDED or not exc.interrupted:
+                raise AssertionError(f"unexpected violation {exc!r}") from exc
+        else:
+            raise AssertionError("a suspended coroutine past its deadline was not cancelled")
+        return f"coroutine cancelled at its deadline (+{(time.monotonic() - t0) * 1e3 - 20:.1f} ms)"
+
+    return asyncio.run(main())
+
+
 CHECKS: List[Tuple[str, Callable[[], str]]] = [
     ("presets", check_presets),
     ("validation", check_validation),
@@ -216,6 +242,7 @@ CHECKS: List[Tuple[str, Callable[[], str]]] = [
     ("histogram", check_histogram),
     ("preemption", check_preemption),
     ("memory + CPU limits", check_memory_and_cpu),
+    ("asyncio", check_asyncio),
 ]
 
 
