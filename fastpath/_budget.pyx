@@ -119,8 +119,8 @@ cdef bint _stopped_in_time(int64_t end, int64_t due) except -1:
 
 cdef bint _from_memory_error(object exc) except -1:
     # Is exc a MemoryError, or was it raised while one was being handled?
-    cdef int i
-    for i in range(64):         # a __context__ chain can be a cycle
+    cdef int _
+    for _ in range(64):         # a __context__ chain can be a cycle
         if exc is None:
             return False
         if isinstance(exc, MemoryError):
