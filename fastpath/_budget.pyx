@@ -117,6 +117,7 @@ cdef int64_t DELIVERY_SLACK_NS = 2000000
 cdef bint _stopped_in_time(int64_t end, int64_t due) except -1:
     return end - due <= DELIVERY_SLACK_NS + <int64_t>(_sys.getswitchinterval() * 1e9)
 
+
 cdef bint _from_memory_error(object exc) except -1:
     # Is exc a MemoryError, or was it raised while one was being handled?
     cdef int _
@@ -918,7 +919,7 @@ def _measure_arm_disarm(Py_ssize_t n):
 
 
 def _memory_table_info():
-    """The process-wide live-block table of the memory accounting (tests, selftest).
+    """The process-wide live-block table of the memory accounting (for tests).
 
     blocks: blocks tracked now; max_blocks: what the table holds at its largest;
     untracked_blocks: blocks counted when allocated but never tracked because the
@@ -938,8 +939,8 @@ def _memory_table_info():
 
 
 def _memory_table_limit(uint32_t slots):
-    """Tests only: the table's largest size, in slots (a power of two, 1024 ..
-    4194304); returns the previous one."""
+    """Tests only: the table's largest size, in slots (rounded up to a power of
+    two, 512 .. 4194304); returns the previous one."""
     return fp_mem_set_max_slots(slots)
 
 

@@ -180,8 +180,8 @@ static uint32_t fp_mem_owner_new(void)
     return i;
 }
 
-/* A record left without references or entries: back to the free list. */
-static inline void fp_mem_record_free(uint32_t i)
+/* An owner left without references or entries: back to the free list. */
+static inline void fp_mem_pool_put(uint32_t i)
 {
     fp_own(i)->next_free = fp_mem_pool_free;
     fp_mem_pool_free = i;
@@ -212,7 +212,7 @@ static void fp_mem_owner_free(uint32_t i)
 {
     fp_mem_owner *o = fp_own(i);
     uint32_t parent = o->parent, rec = o->rec;
-    fp_mem_record_free(i);
+    fp_mem_pool_put(i);
     if (rec != i) {                 /* a nested node (a record has no parent) */
         fp_mem_owner_unref(rec);
         fp_mem_owner_unref(parent);
@@ -812,7 +812,7 @@ static __attribute__((noinline)) void fp_mem_forget(uintptr_t p)
                     fp_mt_dead_blocks--;
                 fp_mt_delete_at((uint32_t)i);
                 if (FP_UNLIKELY(--o->entries == 0 && o->refs == 0))
-                    fp_mem_record_free(n);
+                    fp_mem_pool_put(n);
             } else {
                 fp_mt_drop_at((uint32_t)i);
             }
