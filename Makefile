@@ -57,7 +57,7 @@ debug: .stamp-deps
 asan: .stamp-deps
 	rm -f .stamp-build
 	FASTPATH_SANITIZE=1 $(PY) setup.py --quiet build_ext --inplace --force
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
+	FASTPATH_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	    $(PY) -m pytest -q -p no:cacheprovider; status=$$?; \

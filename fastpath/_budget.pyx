@@ -161,10 +161,11 @@ cdef object _judged(int64_t end, int64_t due):
     """interruptible: did the call stop soon enough after its interrupt fell due?"""
     return end - due <= DELIVERY_SLACK_NS + <int64_t>(_sys.getswitchinterval() * 1e9)
 
+
 cdef bint _from_memory_error(object exc) except -1:
     # Is exc a MemoryError, or was it raised while one was being handled?
-    cdef int i
-    for i in range(64):         # a __context__ chain can be a cycle
+    cdef int _
+    for _ in range(64):         # a __context__ chain can be a cycle
         if exc is None:
             return False
         if isinstance(exc, MemoryError):
@@ -1529,7 +1530,7 @@ def _slot_state():
 
 
 def _memory_table_info():
-    """The process-wide live-block table of the memory accounting (tests, selftest).
+    """The process-wide live-block table of the memory accounting (for tests).
 
     blocks: blocks tracked now; max_blocks: what the table holds at its largest;
     untracked_blocks: blocks counted when allocated but never tracked because the
@@ -1549,8 +1550,8 @@ def _memory_table_info():
 
 
 def _memory_table_limit(uint32_t slots):
-    """Tests only: the table's largest size, in slots (a power of two, 1024 ..
-    4194304); returns the previous one."""
+    """Tests only: the table's largest size, in slots (rounded up to a power of
+    two, 512 .. 4194304); returns the previous one."""
     return fp_mem_set_max_slots(slots)
 
 

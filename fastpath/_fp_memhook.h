@@ -52,7 +52,7 @@
  * sys._current_exceptions() build their dict under it; interpreter teardown
  * runs PyThreadState_Clear, hence arbitrary finalizers, under it), and taking
  * it again from the same thread would deadlock.  A kill that cannot be sent
- * at once is sent at the thread's next hooked allocation or free that can.
+ * at once is sent by the thread's next hooked allocation that can.
  *
  * Not hooked: PYMEM_DOMAIN_RAW (may be called without the GIL; pymalloc
  * forwards large blocks there, which we have already counted one level up)
@@ -101,7 +101,7 @@
 #define FP_MEM_LOCK() ((void)0)         /* see "Locking" above */
 #define FP_MEM_UNLOCK() ((void)0)
 
-#define FP_MEM_TABLE_MIN 1024u          /* slots (16 KiB); kept once allocated */
+#define FP_MEM_TABLE_MIN 512u           /* slots (8 KiB); kept once allocated */
 #define FP_MEM_TABLE_MAX (1u << 22)     /* slots (64 MiB): 3,145,728 blocks at 3/4 load */
 #define FP_MEM_GRACE_MIN (64 * 1024)
 #define FP_MEM_RESERVE (16 * 1024)      /* error-path reserve granted after every refusal */
@@ -134,7 +134,8 @@ typedef struct {
     /* -- any owner -- */
     uint32_t rec;         /* the record this node counts for (itself for a record) */
     uint32_t parent;      /* the enclosing call's node when this node was made; 0: none */
-    uint32_t refs;        /* the budget (a record), entries, child nodes, a running call */
+    uint32_t refs;        /* the budget (a record), child nodes, a running call */
+    uint32_t entries;     /* table entries recorded under this very owner */
     uint32_t next_free;
     uint8_t counts;       /* its record is not already counted by an enclosing node */
     uint8_t dead;         /* a record whose budget is gone */
@@ -179,21 +180,42 @@ static uint32_t fp_mem_owner_new(void)
     return i;
 }
 
-/* Drop one reference; an owner left without any is freed, with the
- * references it held (its record, its parent). */
-static void fp_mem_owner_unref(uint32_t i)
+/* An owner left without references or entries: back to the free list. */
+static inline void fp_mem_pool_put(uint32_t i)
 {
-    while (i) {
-        fp_mem_owner *o = fp_own(i);
-        uint32_t parent = o->parent, rec = o->rec;
-        if (--o->refs)
-            return;
-        o->next_free = fp_mem_pool_free;
-        fp_mem_pool_free = i;
-        fp_mem_owners--;
-        if (rec != i)
-            fp_mem_owner_unref(rec);        /* a record: no parent, so depth 1 */
-        i = parent;
+    fp_own(i)->next_free = fp_mem_pool_free;
+    fp_mem_pool_free = i;
+    fp_mem_owners--;
+}
+
+/* An owner is freed once it has neither references nor entries; a nested
+ * node then drops the references it held (its record, its parent). */
+static void fp_mem_owner_free(uint32_t i);
+
+/* Drop one reference (the budget, a child node, a running call). */
+static inline void fp_mem_owner_unref(uint32_t i)
+{
+    fp_mem_owner *o = fp_own(i);
+    if (--o->refs == 0 && o->entries == 0)
+        fp_mem_owner_free(i);
+}
+
+/* One table entry recorded under owner i is gone. */
+static inline void fp_mem_entry_gone(uint32_t i)
+{
+    fp_mem_owner *o = fp_own(i);
+    if (--o->entries == 0 && o->refs == 0)
+        fp_mem_owner_free(i);
+}
+
+static void fp_mem_owner_free(uint32_t i)
+{
+    fp_mem_owner *o = fp_own(i);
+    uint32_t parent = o->parent, rec = o->rec;
+    fp_mem_pool_put(i);
+    if (rec != i) {                 /* a nested node (a record has no parent) */
+        fp_mem_owner_unref(rec);
+        fp_mem_owner_unref(parent);
     }
 }
 
@@ -264,7 +286,7 @@ static inline int64_t fp_mt_find(uintptr_t p)
 }
 
 /* Empty slot i; backward-shift deletion keeps every probe chain unbroken. */
-static void fp_mt_delete_at(uint32_t i)
+static inline void fp_mt_delete_at(uint32_t i)
 {
     fp_mem_entry *t = fp_mt_slots;
     uint32_t j = i, home;
@@ -381,7 +403,7 @@ static int fp_mt_rebuild(uint32_t new_cap)
         node = FP_MT_NODE(old[i].meta);
         if (fp_mem_chain_dead(node)) {
             fp_mem_chain_sub(node, FP_MT_SIZE(old[i].meta), 1);
-            fp_mem_owner_unref(node);
+            fp_mem_entry_gone(node);
             continue;
         }
         j = fp_mt_hash(p, mask);
@@ -445,7 +467,7 @@ static inline int fp_mt_insert(uintptr_t p, int64_t size, uint32_t n)
             uint32_t stale = FP_MT_NODE(fp_mt_slots[i].meta);
             fp_mem_chain_sub(stale, FP_MT_SIZE(fp_mt_slots[i].meta), 1);
             fp_mt_slots[i].meta = FP_MT_META(size, n);
-            fp_mem_owner_unref(stale);
+            fp_mem_entry_gone(stale);
             return 1;
         }
         i = (i + 1) & fp_mt_mask;
@@ -482,7 +504,7 @@ static inline void fp_mt_drop_at(uint32_t i)
     uint32_t n = FP_MT_NODE(fp_mt_slots[i].meta);
     fp_mem_chain_sub(n, FP_MT_SIZE(fp_mt_slots[i].meta), 1);
     fp_mt_delete_at(i);
-    fp_mem_owner_unref(n);
+    fp_mem_entry_gone(n);
 }
 
 static inline void fp_mt_sweep_wait_start(void)
@@ -559,7 +581,7 @@ static void fp_mt_forget_all(void)
         if (fp_mt_slots[i].ptr) {
             uint32_t n = FP_MT_NODE(fp_mt_slots[i].meta);
             fp_mem_chain_sub(n, FP_MT_SIZE(fp_mt_slots[i].meta), 0);
-            fp_mem_owner_unref(n);
+            fp_mem_entry_gone(n);
             fp_mt_slots[i].ptr = 0;
             fp_mt_slots[i].meta = 0;
         }
@@ -583,6 +605,7 @@ typedef struct fp_mem_session {
     int own_node;             /* node is a nested node made for this call */
     uint32_t rec;             /* the budget's record; 0: nothing is counted */
     uint32_t node;            /* where its blocks are entered; 0: nothing is counted */
+    fp_mem_owner *recp;       /* the record itself (owners never move) */
     uint64_t owner_gen;       /* enforce() generation of this call */
     struct fp_mem_session *outer;   /* the enclosing call's session (saved copy), or NULL */
 } fp_mem_session;
@@ -740,11 +763,12 @@ static inline int fp_mem_admit(fp_mem *m, int64_t size, uint32_t old_node, int64
 /* ------------------------------------------------------------- the hooks */
 
 /* Block p of `size` bytes was allocated under node n. */
-static inline void fp_mem_added(uint32_t n, void *p, int64_t size)
+static inline void fp_mem_added(const fp_mem_session *s, void *p, int64_t size)
 {
+    uint32_t n = s->node;
     int tracked = fp_mt_insert((uintptr_t)p, size, n);
-    fp_mem_owner *o = fp_own(n);
-    if (FP_LIKELY(o->parent == 0)) {
+    fp_mem_owner *o = s->outer == NULL ? s->recp : fp_own(n);
+    if (FP_LIKELY(s->outer == NULL)) {
         /* a top-level call: the node is the budget's record itself */
         o->live += size;
         o->gross += size;
@@ -752,7 +776,7 @@ static inline void fp_mem_added(uint32_t n, void *p, int64_t size)
             o->peak = o->live;
         if (tracked) {
             o->blocks++;
-            o->refs++;
+            o->entries++;
         } else {
             o->inexact = 1;
             fp_mt_untracked++;
@@ -760,7 +784,7 @@ static inline void fp_mem_added(uint32_t n, void *p, int64_t size)
     } else {
         fp_mem_chain_add(n, size, tracked);
         if (tracked)
-            o->refs++;
+            o->entries++;
         else
             fp_mt_untracked++;
     }
@@ -769,10 +793,10 @@ static inline void fp_mem_added(uint32_t n, void *p, int64_t size)
 }
 
 /* A possibly tracked block p was freed (or left the accounting: a realloc
- * outside any call).  Any thread, with the GIL held. */
+ * outside any call).  Any thread, with the GIL held.  (A memory interrupt that
+ * could not be sent yet is retried by the thread's next allocation.) */
 static __attribute__((noinline)) void fp_mem_forget(uintptr_t p)
 {
-    fp_mem *m;
     FP_MEM_LOCK();
     if (fp_mt_count) {
         int64_t i = fp_mt_find(p);
@@ -784,10 +808,11 @@ static __attribute__((noinline)) void fp_mem_forget(uintptr_t p)
                 /* a block of a top-level call: its record alone counted it */
                 o->live -= FP_MT_SIZE(meta);
                 o->blocks--;
-                if (o->dead)
+                if (FP_UNLIKELY(o->dead))
                     fp_mt_dead_blocks--;
                 fp_mt_delete_at((uint32_t)i);
-                fp_mem_owner_unref(n);
+                if (FP_UNLIKELY(--o->entries == 0 && o->refs == 0))
+                    fp_mem_pool_put(n);
             } else {
                 fp_mt_drop_at((uint32_t)i);
             }
@@ -797,22 +822,22 @@ static __attribute__((noinline)) void fp_mem_forget(uintptr_t p)
             fp_mt_sweep_tick();
     }
     FP_MEM_UNLOCK();
-    m = fp_tls_mem;
-    if (FP_UNLIKELY(m != NULL && m->kill_wanted))
-        fp_mem_send_kill(m);
 }
 
 static void *fp_mem_new_block(fp_mem *m, PyMemAllocatorEx *orig, size_t nelem, size_t elsize,
                               int zeroed)
 {
+    const fp_mem_session *s = &m->s;
     int64_t size;
-    int ok;
+    int ok = 1;
     void *p;
-    if (FP_UNLIKELY(m->kill_wanted))
-        fp_mem_send_kill(m);
-    if (FP_UNLIKELY(m->s.node == 0)) {
-        m->probe_seen++;
-        return zeroed ? orig->calloc(orig->ctx, nelem, elsize) : orig->malloc(orig->ctx, nelem);
+    if (FP_UNLIKELY(m->kill_wanted | (s->node == 0))) {
+        if (m->kill_wanted)
+            fp_mem_send_kill(m);
+        if (s->node == 0) {
+            m->probe_seen++;
+            return zeroed ? orig->calloc(orig->ctx, nelem, elsize) : orig->malloc(orig->ctx, nelem);
+        }
     }
     if (!zeroed)
         size = nelem > (size_t)INT64_MAX ? INT64_MAX : (int64_t)nelem;
@@ -821,9 +846,13 @@ static void *fp_mem_new_block(fp_mem *m, PyMemAllocatorEx *orig, size_t nelem, s
     else
         size = (int64_t)(nelem * elsize);
     FP_MEM_LOCK();
-    ok = fp_mem_admit(m, size, 0, 0);
+    if (s->any_cap) {
+        /* a top-level call under its cap: one comparison */
+        if (!(s->outer == NULL && !s->tripped && fp_mem_fits(s->recp->live, size, s->recp->cap)))
+            ok = fp_mem_admit_slow(m, size, 0, 0);
+    }
     FP_MEM_UNLOCK();
-    if (!ok) {
+    if (FP_UNLIKELY(!ok)) {
         if (m->kill_wanted)
             fp_mem_send_kill(m);
         return NULL;
@@ -831,7 +860,7 @@ static void *fp_mem_new_block(fp_mem *m, PyMemAllocatorEx *orig, size_t nelem, s
     p = zeroed ? orig->calloc(orig->ctx, nelem, elsize) : orig->malloc(orig->ctx, nelem);
     if (p != NULL) {
         FP_MEM_LOCK();
-        fp_mem_added(m->s.node, p, size);
+        fp_mem_added(s, p, size);
         FP_MEM_UNLOCK();
     }
     return p;
@@ -927,11 +956,11 @@ static void *fp_mem_realloc_active(fp_mem *m, PyMemAllocatorEx *orig, void *ptr,
         }
     }
     if (tracked)
-        fp_own(n)->refs++;
+        fp_own(n)->entries++;
     else
         fp_mt_untracked++;
     if (old >= 0)
-        fp_mem_owner_unref(old_node);
+        fp_mem_entry_gone(old_node);
     if (FP_UNLIKELY(fp_mt_sweep_on))
         fp_mt_sweep_tick();
     FP_MEM_UNLOCK();
@@ -1101,6 +1130,7 @@ static inline void fp_mem_arm(fp_mem *m, fp_mem_session *saved, uint32_t *rec, u
     s->tripped = 0;
     s->killed = 0;
     s->rec = r;
+    s->recp = r != 0 ? fp_own(r) : NULL;
     s->own_node = 0;
     if (saved->active) {
         s->outer = saved;
@@ -1170,6 +1200,24 @@ static void fp_mem_release(uint32_t rec)
         return;
     FP_MEM_LOCK();
     r = fp_own(rec);
+    if (r->entries != 0 && r->entries == fp_mt_count) {
+        /* Every entry in the table is this budget's own (the usual case: a
+         * call returned its result and the budget is dropped first): all of
+         * them become garbage at once, so empty the table in one go. */
+        if (fp_mt_mask + 1 > FP_MEM_TABLE_MIN) {
+            fp_mem_entry *fresh = fp_mt_alloc(FP_MEM_TABLE_MIN);
+            if (fresh != NULL)
+                fp_mt_replace(fresh, FP_MEM_TABLE_MIN);
+            else
+                memset(fp_mt_slots, 0, (size_t)(fp_mt_mask + 1) * sizeof(fp_mem_entry));
+        } else {
+            memset(fp_mt_slots, 0, (size_t)(fp_mt_mask + 1) * sizeof(fp_mem_entry));
+        }
+        fp_mt_count = 0;
+        fp_mt_sweep_on = 0;
+        r->blocks = 0;
+        r->entries = 0;
+    }
     r->dead = 1;
     if (r->blocks > 0) {
         fp_mt_dead_blocks += r->blocks;
