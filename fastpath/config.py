@@ -135,11 +135,10 @@ def _fields(path: str, value: Any, schema: Mapping[str, Check]) -> Dict[str, Any
     table = _table(path, value)
     out = {}
     for key, item in table.items():
+        where = _subpath(path, key) if path else _key(key)
         if key not in schema:
-            raise InvalidConfiguration(
-                f"{_path(path, key) if path else _key(key)}: unknown key (known: "
-                f"{', '.join(schema)})")
-        out[key] = schema[key](_path(path, key) if path else _key(key), item)
+            raise InvalidConfiguration(f"{where}: unknown key (known: {', '.join(schema)})")
+        out[key] = schema[key](where, item)
     return out
 
 
@@ -157,12 +156,16 @@ def _check_constraint_fields(path: str, table: Mapping[str, Any], base: Any) -> 
             raise InvalidConfiguration(
                 f"{_subpath(path, key)}: unknown key (ExecutionConstraints fields: "
                 f"{', '.join(_config.FIELDS)})")
+    # TOML has no null: "none" removes an optional limit (cpu_shares = "none").
+    table = {k: None if v == "none" and k in _OPTIONAL_FIELDS else v for k, v in table.items()}
     try:
         base.replace(**table)
     except InvalidConfiguration as exc:
         raise InvalidConfiguration(f"{path}.{exc}") from None
     return dict(table)
 
+
+_OPTIONAL_FIELDS = ("cpu_shares", "memory_limit_bytes", "max_retries", "retry_backoff_ms")
 
 _BREAKER: Dict[str, Check] = {
     "failure_rate": _real(0.0, 1.0),
