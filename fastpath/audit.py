@@ -327,7 +327,8 @@ class RuleAuditCounts:
             for kind in event.violations:
                 row[4 + _KIND_INDEX[int(kind)]] += 1
 
-    def rows(self) -> List[Tuple[Any, str, int, Dict[str, int], Dict[ConstraintViolationType, int]]]:
+    def rows(self) -> List[Tuple[Any, str, int, Dict[str, int],
+                                 Dict[ConstraintViolationType, int]]]:
         """A snapshot, first seen first: (rule type, rule id, events, {outcome: n},
         {kind: n})."""
         with self._lock:

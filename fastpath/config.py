@@ -428,7 +428,7 @@ def validate(data: Any, source: str = "<mapping>") -> EnforcerConfig:
     prometheus = _fields("observability.prometheus", observability.get("prometheus", {}),
                          _PROMETHEUS)
     buckets = prometheus.get("buckets")
-    if buckets is not None and any(a >= b for a, b in zip(buckets, buckets[1:])):
+    if buckets is not None and any(a >= b for a, b in zip(buckets, buckets[1:], strict=False)):
         raise _bad("observability.prometheus.buckets", "must be increasing", buckets)
     otel = _fields("observability.otel", observability.get("otel", {}), _OTEL)
 

@@ -298,7 +298,6 @@ class _EnforcerAPI:
         ``"__other__"``.  ``json=True``: string keys throughout.
         """
         sink = self._audit_sink
-        own = isinstance(sink, AuditLogSink)
         rules: Dict[Any, Dict[str, Any]] = {}
         for rule_type, rule_id, events, outcomes, kinds in self._audit_counts.rows():
             per_type = rules.setdefault(rule_type.value if json else rule_type, {})
@@ -310,9 +309,9 @@ class _EnforcerAPI:
         return {
             "events": self._audit_counts.events,
             "sink_failures": self._audit_failures,
-            "logged": sink.logged if own else None,
-            "suppressed": sink.suppressed if own else None,
-            "summaries": sink.summaries if own else None,
+            "logged": sink.logged if isinstance(sink, AuditLogSink) else None,
+            "suppressed": sink.suppressed if isinstance(sink, AuditLogSink) else None,
+            "summaries": sink.summaries if isinstance(sink, AuditLogSink) else None,
             "rules": rules,
         }
 

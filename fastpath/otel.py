@@ -119,7 +119,8 @@ class Instrumentation:
 
             with tracer.start_as_current_span(
                     SPAN_NAME, kind=SpanKind.INTERNAL,
-                    attributes={RULE_ID: rid, RULE_TYPE: getattr(rule_type, "value", str(rule_type))},
+                    attributes={RULE_ID: rid,
+                                RULE_TYPE: getattr(rule_type, "value", str(rule_type))},
                     record_exception=False, set_status_on_exception=False) as span:
                 running = [span, False]
                 token = current.set(running)

@@ -23,7 +23,6 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
-    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -36,8 +35,9 @@ from .errors import ConstraintViolationType, InvalidConfiguration
 
 try:  # native histograms: prometheus_client >= 0.22 (experimental there)
     from prometheus_client.samples import BucketSpan, NativeHistogram, Sample
+    _HAS_NATIVE = True
 except ImportError:  # pragma: no cover - older prometheus_client
-    NativeHistogram = None
+    _HAS_NATIVE = False
 
 __all__ = ["EnforcerCollector", "DEFAULT_BUCKETS"]
 
@@ -62,7 +62,7 @@ def _check_buckets(buckets: Any) -> Tuple[float, ...]:
     if bounds and math.isinf(bounds[-1]):
         bounds = bounds[:-1]                        # +Inf is always added
     if not bounds or any(not (b > 0) or math.isinf(b) for b in bounds) \
-            or any(a >= b for a, b in zip(bounds, bounds[1:])):
+            or any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
         raise InvalidConfiguration(
             f"buckets must be increasing positive numbers of seconds, got {buckets!r}")
     return bounds
@@ -116,7 +116,7 @@ class EnforcerCollector(Collector):
                 or not 0 <= native_schema <= 8:
             raise InvalidConfiguration(
                 f"native_schema must be an int in 0..8, got {native_schema!r}")
-        if native_histograms and NativeHistogram is None:  # pragma: no cover
+        if native_histograms and not _HAS_NATIVE:  # pragma: no cover
             raise InvalidConfiguration(
                 "native_histograms=True needs prometheus_client >= 0.22")
         self.enforcer = enforcer
@@ -125,7 +125,8 @@ class EnforcerCollector(Collector):
         self.max_rule_ids = max_rule_ids
         self.native_histograms = native_histograms
         self.native_schema = native_schema
-        self._les = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        self._les = [floatToGoString(b)  # type: ignore[no-untyped-call]
+                     for b in self.buckets] + ["+Inf"]
         # Fine bucket -> classic bucket (the first bound >= its midpoint), once.
         bounds_ns = [b * 1e9 for b in self.buckets]
         self._classic_of = [bisect.bisect_left(bounds_ns, _layout.representative(i))

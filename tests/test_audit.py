@@ -149,7 +149,7 @@ def test_a_rate_below_one_per_second_writes_one_event_per_longer_window(caplog):
     sink = AuditLogSink(0.5, clock=clock)                # one event per 2 s
     event = _event()
     with caplog.at_level(logging.WARNING, logger="fastpath.audit"):
-        for step in range(8):                           # 4 s, an event every 0.5 s
+        for _ in range(8):                           # 4 s, an event every 0.5 s
             sink(event)
             clock.now += 0.5
     records = audit_records(caplog)
