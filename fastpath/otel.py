@@ -12,9 +12,9 @@
   event's time and its measured elapsed time) and its parent is the caller's
   current span.
 * ``spans="all"`` wraps the enforcer's ``execute_with_constraints`` and
-  ``_execute_as`` (which ``@enforcer.constrained`` functions call) in a
-  wrapper that starts a span around each call and makes it current while the
-  rule runs (spans the rule starts are its children).  That costs what the
+  ``_execute_as`` in a wrapper that starts a span around each call and makes
+  it current while the rule runs (spans the rule starts are its children), and
+  points the ``@enforcer.constrained`` functions' wrappers at it.  That costs what the
   OpenTelemetry SDK costs per span (see the README's "Observability").
 * ``spans="none"``: only the observable instruments.
 * The instruments are observable (asynchronous): the SDK reads the enforcer's
@@ -195,6 +195,7 @@ class Instrumentation:
             enforcer._audit_hooks = tuple(h for h in enforcer._audit_hooks if h is not self._hook)
         for name in ("execute_with_constraints", "_execute_as"):
             enforcer.__dict__.pop(name, None)
+        _rebind_decorated(enforcer, enforcer._execute_as)
         with _instrumented_lock:
             _instrumented.pop(id(enforcer), None)
             state = _meters.get(id(self.meter))
@@ -245,6 +246,7 @@ def instrument(enforcer: Any, *, tracer_provider: Any = None, meter_provider: An
         # enforcer only; uninstrument() deletes them again.
         enforcer.execute_with_constraints = traced_execute
         enforcer._execute_as = traced
+        _rebind_decorated(enforcer, traced)
     with _instrumented_lock:
         state = _meters.get(id(meter))
         if state is None:
@@ -298,6 +300,15 @@ class _MeterState:
 
 
 _meters: Dict[int, _MeterState] = {}
+
+
+def _rebind_decorated(enforcer: Any, execute_as: Callable[..., Any]) -> None:
+    """Point the ``execute_as`` cell of every ``@enforcer.constrained`` wrapper
+    (decorated before or after instrument) at ``execute_as``: nothing is looked
+    up per call, so an uninstrumented wrapper costs what it always did."""
+    for wrapper in list(enforcer._decorated):
+        cell = wrapper.__closure__[wrapper.__code__.co_freevars.index("execute_as")]
+        cell.cell_contents = execute_as
 
 
 def _event_attributes(event: Any) -> Dict[str, Any]:

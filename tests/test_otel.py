@@ -219,13 +219,19 @@ def test_two_enforcers_on_one_meter_are_added_up(fp, telemetry):
 
 def test_uninstrument_removes_the_hook_and_the_wrappers(fp, telemetry):
     e = enforcer(fp)
+    before = e.constrained(fp.RuleType.FAST, rule_id="before")(abs)
     inst = telemetry.instrument(e, spans="all")
+    during = e.constrained(fp.RuleType.FAST, rule_id="during")(abs)
+    before(1), during(1)
+    assert [s.attributes["fastpath.rule.id"] for s in telemetry.spans()] == ["before", "during"]
+    telemetry.exporter.clear()
     assert "execute_with_constraints" in vars(e)
     with pytest.raises(fp.InvalidConfiguration, match="already instrumented"):
         telemetry.instrument(e)
     inst.uninstrument()
     assert "execute_with_constraints" not in vars(e) and e._audit_hooks == ()
     e.execute_with_constraints(fp.RuleType.SEMANTIC, time.sleep, 0.12)
+    before(1), during(1)
     assert telemetry.spans() == []
     again = telemetry.instrument(e)                       # allowed once removed
     e.execute_with_constraints(fp.RuleType.SEMANTIC, time.sleep, 0.12)
