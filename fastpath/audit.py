@@ -117,6 +117,7 @@ class _SinkState:
         self.lock = threading.Lock()
         self.windows: Dict[Tuple[str, Optional[str]], _Window] = {}
         self.pending = 0          # windows holding suppressed events not yet summarised
+        self.next_due = math.inf  # when the earliest of those windows ends
         self.logged = 0
         self.suppressed = 0
         self.summaries = 0
@@ -194,7 +195,7 @@ class AuditLogSink:
             now = self._clock()
             key = (event.rule_type.value, event.rule_id)
             with state.lock:
-                if state.pending:
+                if state.pending and now >= state.next_due:
                     due = _take_due(state, now, self._window_s)
                 window = state.windows.get(key)
                 if window is not None and now - window.start >= self._window_s:
@@ -215,6 +216,7 @@ class AuditLogSink:
                     log_it = False
                     if not window.suppressed:
                         state.pending += 1
+                        state.next_due = min(state.next_due, window.start + self._window_s)
                     window.suppressed += 1
                     state.suppressed += 1
         else:
@@ -246,12 +248,19 @@ def _detach(state: _SinkState, window: _Window) -> _Window:
 
 
 def _take_due(state: _SinkState, now: Optional[float], window_s: float) -> List[_Window]:
-    """Windows with suppressed events that have ended (every one when now is None)."""
+    """Windows with suppressed events that have ended (every one when now is None).
+    Runs only once the earliest of them has ended (``state.next_due``)."""
     due = []
+    next_due = math.inf
     for key, window in list(state.windows.items()):
-        if window.suppressed and (now is None or now - window.start >= window_s):
+        if not window.suppressed:
+            continue
+        if now is None or now - window.start >= window_s:
             due.append(_detach(state, window))
             del state.windows[key]
+        else:
+            next_due = min(next_due, window.start + window_s)
+    state.next_due = next_due
     return due
 
 

@@ -233,3 +233,18 @@ def _event(rule_id: str = "r"):
                       rule_id=rule_id, violations=(ConstraintViolationType.TIMEOUT_EXCEEDED,),
                       stats=None, timestamp=dt.datetime.now(dt.timezone.utc), outcome="deny",
                       interrupted=False)
+
+
+def test_each_rule_id_gets_its_own_window_and_summary(caplog):
+    clock = FakeClock()
+    sink = AuditLogSink(2, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="fastpath.audit"):
+        for _ in range(5):
+            for i in range(50):
+                sink(_event(f"rule-{i}"))
+        clock.now += 1.0
+        sink(_event("rule-0"))              # sweeps every ended window
+    summaries = [r for r in audit_records(caplog) if r.event_type == "audit_suppressed"]
+    assert sorted(r.rule_id for r in summaries) == sorted(f"rule-{i}" for i in range(50))
+    assert all(r.suppressed == 3 for r in summaries)
+    assert sink.logged == 101 and sink.suppressed == 150 and sink.summaries == 50
