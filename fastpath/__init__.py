@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         ExecutionBudget,
         ExecutionConstraints,
         ExecutionStats,
+        current_budget,
         preemption_info,
         set_preemption,
         uninterruptible,
@@ -46,6 +47,7 @@ else:
     set_preemption = core.set_preemption
     preemption_info = core.preemption_info
     uninterruptible = core.uninterruptible
+    current_budget = core.current_budget
     LatencyHistogram = histogram.LatencyHistogram
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "ResourceExhausted",
     "RetryPolicy",
     "__version__",
+    "current_budget",
     "preemption_info",
     "set_preemption",
     "uninterruptible",

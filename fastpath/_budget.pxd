@@ -65,6 +65,7 @@ cdef class ExecutionBudget:
     cdef bint _preempt                         # may the watchdog interrupt calls of this budget
     cdef uint64_t _gen                         # generation of the enforce() running it; 0: none
     cdef bint _raised                          # the last run_c raised this budget's own violation
+    cdef public object _scope                  # the open `with` / `async with` block, or None
 
     # True once the wall-clock deadline has passed; a clock read, nothing else.
     cdef bint is_timeout_c(self) noexcept

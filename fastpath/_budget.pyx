@@ -5,6 +5,7 @@
 # path and shares its logic with the pure-Python twin through fastpath._config.
 cimport cython
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF
 from libc.stdint cimport int64_t, uint64_t
 
 import atexit as _atexit
@@ -25,6 +26,7 @@ from fastpath.errors import (
 
 cdef extern from "Python.h":
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
+    bint PyCoro_CheckExact(object o)
 
 cdef extern from "_fp_runtime.h":
     ctypedef struct fp_mem_session:
@@ -49,6 +51,7 @@ cdef extern from "_fp_runtime.h":
         int defer_depth
         int deferred
         int delivered
+        PyObject *current
         fp_mem mem
     ctypedef struct fp_saved:
         int cpu_idx
@@ -78,9 +81,20 @@ cdef extern from "_fp_runtime.h":
     fp_slot *fp_slot_create() noexcept
     fp_slot *fp_slot_peek() noexcept
     int fp_stack_exhausted(const fp_slot *s) noexcept
-    uint64_t fp_arm(fp_slot *s, fp_saved *sv, int64_t interrupt_at, int interrupt_kind,
-                    int64_t cpu_limit_ns, int cpu_interrupt, int64_t fn_start,
-                    int64_t cpu_max_age) noexcept
+    uint64_t fp_arm(fp_slot *s, fp_saved *sv, PyObject *budget, int64_t interrupt_at,
+                    int interrupt_kind, int64_t cpu_limit_ns, int cpu_interrupt,
+                    int64_t fn_start, int64_t cpu_max_age) noexcept
+    void fp_mark_fired(fp_slot *s, uint64_t gen) noexcept
+    void fp_mem_end_scope(fp_slot *s, fp_saved *sv, uint64_t gen, int mem_on,
+                          fp_mem_session *mem_out) noexcept
+    int fp_is_awaitable(object o) noexcept
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult fp_run_step(fp_slot *s, fp_saved *sv, uint64_t gen, int mem_on,
+                             fp_mem_session *mem_out, object it, PyObject *arg, PyObject *exc,
+                             PyObject **result)
     int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen) noexcept
     int64_t fp_cpu_start_lo(const fp_slot *s, int cpu_idx, uint64_t gen, int64_t lo) noexcept
     int fp_cpu_watch_of(const fp_slot *s, uint64_t gen) noexcept
@@ -316,7 +330,31 @@ cdef class ExecutionConstraints:
         budget._preempt = True
         budget._start_ns = fp_now_ns()
         budget._deadline_ns = fp_sat_add(budget._start_ns, self._max_exec_ns)
+        _nest_deadline(budget)
         return budget
+
+
+cdef inline int _nest_deadline(ExecutionBudget budget) except -1:
+    # A budget created while another is current never outlives it.
+    cdef object cur = _current_budget()
+    if cur is not None and (<ExecutionBudget>cur)._deadline_ns < budget._deadline_ns:
+        budget._deadline_ns = (<ExecutionBudget>cur)._deadline_ns
+    return 0
+
+
+cdef inline object _current_budget():
+    cdef fp_slot *slot = fp_tls_slot
+    if slot != NULL and slot.current != NULL:
+        return <object>slot.current
+    if _async_scopes:
+        return _aio.current_budget()
+    return None
+
+
+def current_budget():
+    """The innermost budget whose enforce(), enforce_async() or scope is running in
+    this thread and task, or None."""
+    return _current_budget()
 
 
 cdef ExecutionConstraints _constraints_from(tuple values):
@@ -468,6 +506,7 @@ cdef class ExecutionBudget:
         self._preempt = preempt
         self._start_ns = fp_now_ns()
         self._deadline_ns = fp_sat_add(self._start_ns, self._constraints._max_exec_ns)
+        _nest_deadline(self)
 
     @property
     def constraints(self):
@@ -595,95 +634,420 @@ cdef class ExecutionBudget:
     # -- the per-call path (enforce() is installed below as a fastcall method) --
     cdef object run_c(self, object fn, PyObject **args, Py_ssize_t nargs, PyObject *kwnames,
                       bint preempt):
-        cdef ExecutionConstraints c = self._constraints
-        cdef fp_slot *slot
-        cdef fp_saved saved
-        cdef fp_mem_session mem_out
-        cdef uint64_t gen, outer_gen
-        cdef int64_t fn_start, interrupt_at, cpu_limit, cpu_start, cpu_max_age, cpu_due
-        cdef int fired = 0, mask
-        cdef bint stop_it = preempt and c._fail_closed
-        cdef bint mem_on = c._memory_limit >= 0
+        cdef _Call k
         cdef object result
-
-        self._raised = False
-        fn_start = fp_now_ns()
-        if fn_start >= self._deadline_ns:
-            # An expired budget does not run fn.
-            self._stop_ns = fn_start
-            self.record_c(FP_TIMEOUT)
-            self._raised = True
-            raise self._violation(1 << FP_TIMEOUT, False, None)
-        slot = fp_tls_slot
-        if slot == NULL:
-            slot = _new_slot()
-        if slot.depth >= FP_MAX_NESTING or fp_stack_exhausted(slot):
-            raise RecursionError(
-                f"fastpath: enforce() nested too deeply on this thread "
-                f"({slot.depth} calls open; at most {FP_MAX_NESTING}, within the C stack)")
-        if not preempt:
-            interrupt_at = FP_INT64_MAX
-        elif c._fail_closed:
-            interrupt_at = self._deadline_ns
-        else:
-            # Fail open: let a late call finish; stop only a runaway at 2x its budget.
-            interrupt_at = fp_sat_add(self._deadline_ns, c._max_exec_ns)
-        cpu_limit = -1
-        cpu_start = -1
-        cpu_max_age = 0
-        if c._cpu_allowance_ns == 0:
-            # no CPU allowed at all: read the clock around the call
-            cpu_start = fp_thread_cpu_ns()
-            self._cpu_lo = cpu_start
-        elif c._cpu_allowance_ns > 0:
-            cpu_limit = c._cpu_allowance_ns - self._cpu_measured_ns - self._cpu_bound_ns
-            if cpu_limit < 0:
-                cpu_limit = 0
-            # A reading of the CPU clock older than 3/4 of what is left could
-            # not tell a sleeping call from one over its allowance.
-            cpu_max_age = cpu_limit // 4 * 3
-        self._stop_ns = 0
-        outer_gen = self._gen
-        gen = fp_arm(slot, &saved, interrupt_at, FP_TIMEOUT, cpu_limit, stop_it, fn_start,
-                     cpu_max_age)
-        self._gen = gen
-        if cpu_limit >= 0:
-            self._cpu_lo = saved.cpu_lo
-        if mem_on:
-            fp_mem_ensure()     # re-wraps allocators someone restored underneath us
-            fp_mem_arm(&slot.mem, &saved.mem, gen, c._memory_limit, self._memory_charged,
-                       stop_it and fp_preempt_enabled)
+        _begin_call(self, &k, preempt, True)
         try:
-            result = fp_run_call(slot, &saved, gen, mem_on, &mem_out, fn, args, nargs, kwnames)
+            result = fp_run_call(k.slot, &k.saved, k.gen, k.mem_on, &k.mem_out, fn, args, nargs,
+                                 kwnames)
         except BaseException as exc:
-            mask = _end_call(self, slot, &saved, gen, outer_gen, fn_start, cpu_start, mem_on,
-                             &mem_out, &fired, &cpu_due)
-            if isinstance(exc, ExecutionInterrupted):
-                if not fired:
-                    raise       # meant for an enclosing enforce() on this thread
-                if slot.fire_kind and not (mask & (1 << slot.fire_kind)):
-                    self.record_c(slot.fire_kind)
-                    mask |= 1 << slot.fire_kind
-                self._raised = True
-                raise self._violation(mask, True, _judged(
-                    self._stop_ns, interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns))
-            if mem_on and slot.mem.trip_gen == gen and isinstance(exc, MemoryError):
-                # The cap refused an allocation: a MEMORY_EXCEEDED violation,
-                # not fn's own error.
-                if not (mask & (1 << FP_MEMORY)):
-                    self.record_c(FP_MEMORY)
-                    mask |= 1 << FP_MEMORY
-                self._raised = True
-                raise self._violation(mask, True, True)
+            _call_failed(self, &k, exc)
             raise
-        mask = _end_call(self, slot, &saved, gen, outer_gen, fn_start, cpu_start, mem_on,
-                         &mem_out, &fired, &cpu_due)
-        if mask:
-            self._raised = True
-            raise self._violation(mask, False, _returned_late(
-                self, slot, gen, mask, stop_it, interrupt_at, fired, cpu_due,
-                mem_on and slot.mem.trip_gen == gen))
+        _call_returned(self, &k, fn, result)
         return result
+
+    def enforce_async(self, fn, /, *args, **kwargs):
+        """Run the coroutine fn(*args, **kwargs) under this budget; await the result.
+
+        Each step of the coroutine (resumption to next suspension) is armed like an
+        enforce() call; a coroutine suspended past its deadline is cancelled and the
+        cancellation becomes ConstraintViolation(TIMEOUT_EXCEEDED).  CPU time and
+        memory are charged for its own steps only."""
+        return _Steps.start(self, fn, args, kwargs)
+
+    def __enter__(self):
+        if self._scope is not None:
+            raise RuntimeError("this budget's `with` block is already open")
+        scope = _Scope.__new__(_Scope)
+        _begin_call(self, &(<_Scope>scope).k, self._preempt, True)
+        self._scope = scope
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        cdef _Scope scope = self._scope
+        if scope is None:
+            raise RuntimeError("this budget's `with` block is not open")
+        self._scope = None
+        fp_mem_end_scope(scope.k.slot, &scope.k.saved, scope.k.gen, scope.k.mem_on,
+                         &scope.k.mem_out)
+        if exc is not None:
+            _call_failed(self, &scope.k, exc)
+            return False
+        _call_returned(self, &scope.k, None, None)
+        return False
+
+    def __aenter__(self):
+        return _aio_module().scope_enter(self)
+
+    def __aexit__(self, exc_type, exc, tb):
+        return _aio_module().scope_exit(self, exc_type, exc)
+
+    def _async_enter(self):
+        # `async with budget:` begins: (seconds left, cancel the task at the deadline?)
+        cdef int64_t now = fp_now_ns()
+        global _async_scopes
+        if now >= self._deadline_ns:
+            self._stop_ns = now
+            self.record_c(FP_TIMEOUT)
+            raise self._violation(1 << FP_TIMEOUT, False, None)
+        self._stop_ns = 0
+        _async_scopes += 1
+        return ((self._deadline_ns - now) / 1e9,
+                bool(self._preempt and self._constraints._fail_closed and fp_preempt_enabled))
+
+    def _async_exit(self, bint timed_out):
+        # `async with budget:` ends: raise the violation found, if any.
+        global _async_scopes
+        cdef int mask
+        _async_scopes -= 1
+        self._stop_ns = fp_now_ns()
+        if timed_out:
+            self.record_c(FP_TIMEOUT)
+        mask = self.check_c()
+        if timed_out:
+            mask |= 1 << FP_TIMEOUT
+        if mask:
+            raise self._violation(mask, timed_out, _judged(self._stop_ns, self._deadline_ns)
+                                  if timed_out else None)
+
+    def _late_violation(self):
+        """The violation recorded so far, not raised (audit of a late call that
+        raised its own error)."""
+        return self._violation(-1, False, None)
+
+    def _raise_timeout(self):
+        """Stop the running call of this budget as its deadline would (for code
+        that enforces the budget's remaining time itself, e.g. fastpath.regex)."""
+        cdef fp_slot *slot = fp_tls_slot
+        if not self._gen or slot == NULL:
+            raise self._violation(1 << FP_TIMEOUT, False, None) if self.check_c() else \
+                RuntimeError("no call of this budget is running on this thread")
+        slot.fire_kind = FP_TIMEOUT
+        slot.fire_ns = self._deadline_ns
+        slot.delivered = 1
+        fp_mark_fired(slot, self._gen)
+        raise ExecutionInterrupted()
+
+
+cdef struct _Call:
+    # One armed call (or step, or `with` block) of a budget.
+    fp_slot *slot
+    fp_saved saved
+    fp_mem_session mem_out
+    uint64_t gen
+    uint64_t outer_gen
+    int64_t fn_start
+    int64_t interrupt_at
+    int64_t cpu_start
+    int64_t cpu_due
+    int fired
+    bint stop_it
+    bint mem_on
+
+
+cdef int _begin_call(ExecutionBudget self, _Call *k, bint preempt, bint check_expired,
+                     bint current=True) except -1:
+    # Arm the slot for one call of `self` (the start of run_c).
+    cdef ExecutionConstraints c = self._constraints
+    cdef int64_t cpu_limit, cpu_max_age
+    k.fired = 0
+    k.cpu_due = -1
+    k.stop_it = preempt and c._fail_closed
+    k.mem_on = c._memory_limit >= 0
+    self._raised = False
+    k.fn_start = fp_now_ns()
+    if check_expired and k.fn_start >= self._deadline_ns:
+        # An expired budget does not run fn.
+        self._stop_ns = k.fn_start
+        self.record_c(FP_TIMEOUT)
+        self._raised = True
+        raise self._violation(1 << FP_TIMEOUT, False, None)
+    k.slot = fp_tls_slot
+    if k.slot == NULL:
+        k.slot = _new_slot()
+    if k.slot.depth >= FP_MAX_NESTING or fp_stack_exhausted(k.slot):
+        raise RecursionError(
+            f"fastpath: enforce() nested too deeply on this thread "
+            f"({k.slot.depth} calls open; at most {FP_MAX_NESTING}, within the C stack)")
+    if not preempt:
+        k.interrupt_at = FP_INT64_MAX
+    elif c._fail_closed:
+        k.interrupt_at = self._deadline_ns
+    else:
+        # Fail open: let a late call finish; stop only a runaway at 2x its budget.
+        k.interrupt_at = fp_sat_add(self._deadline_ns, c._max_exec_ns)
+    cpu_limit = -1
+    k.cpu_start = -1
+    cpu_max_age = 0
+    if c._cpu_allowance_ns == 0:
+        # no CPU allowed at all: read the clock around the call
+        k.cpu_start = fp_thread_cpu_ns()
+        self._cpu_lo = k.cpu_start
+    elif c._cpu_allowance_ns > 0:
+        cpu_limit = c._cpu_allowance_ns - self._cpu_measured_ns - self._cpu_bound_ns
+        if cpu_limit < 0:
+            cpu_limit = 0
+        # A reading of the CPU clock older than 3/4 of what is left could not
+        # tell a sleeping call from one over its allowance.
+        cpu_max_age = cpu_limit // 4 * 3
+    self._stop_ns = 0
+    k.outer_gen = self._gen
+    # The slot names the budget current for sync calls; a coroutine step's
+    # current budget is the task's (fastpath._aio.CURRENT).
+    k.gen = fp_arm(k.slot, &k.saved, <PyObject *>self if current else NULL, k.interrupt_at,
+                   FP_TIMEOUT, cpu_limit, k.stop_it, k.fn_start, cpu_max_age)
+    self._gen = k.gen
+    if cpu_limit >= 0:
+        self._cpu_lo = k.saved.cpu_lo
+    if k.mem_on:
+        fp_mem_ensure()     # re-wraps allocators someone restored underneath us
+        fp_mem_arm(&k.slot.mem, &k.saved.mem, k.gen, c._memory_limit, self._memory_charged,
+                   k.stop_it and fp_preempt_enabled)
+    return 0
+
+
+cdef int _call_failed(ExecutionBudget self, _Call *k, object exc) except -1:
+    # fn raised exc: disarm, then raise the budget's violation instead when exc
+    # is this call's interrupt or the cap's refusal; return 0 to re-raise exc.
+    cdef int mask = _end_call(self, k.slot, &k.saved, k.gen, k.outer_gen, k.fn_start,
+                              k.cpu_start, k.mem_on, &k.mem_out, &k.fired, &k.cpu_due)
+    cdef fp_slot *slot = k.slot
+    if isinstance(exc, ExecutionInterrupted):
+        if not k.fired:
+            return 0        # meant for an enclosing enforce() on this thread
+        if slot.fire_kind and not (mask & (1 << slot.fire_kind)):
+            self.record_c(slot.fire_kind)
+            mask |= 1 << slot.fire_kind
+        self._raised = True
+        raise self._violation(mask, True, _judged(
+            self._stop_ns, k.interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns))
+    if k.mem_on and slot.mem.trip_gen == k.gen and isinstance(exc, MemoryError):
+        # The cap refused an allocation: a MEMORY_EXCEEDED violation, not fn's
+        # own error.
+        if not (mask & (1 << FP_MEMORY)):
+            self.record_c(FP_MEMORY)
+            mask |= 1 << FP_MEMORY
+        self._raised = True
+        raise self._violation(mask, True, True)
+    return 0
+
+
+cdef int _call_returned(ExecutionBudget self, _Call *k, object fn, object result) except -1:
+    # fn returned result: disarm, refuse an awaitable, raise a violation.
+    cdef int mask = _end_call(self, k.slot, &k.saved, k.gen, k.outer_gen, k.fn_start,
+                              k.cpu_start, k.mem_on, &k.mem_out, &k.fired, &k.cpu_due)
+    if fn is not None and fp_is_awaitable(result):
+        _refuse_awaitable(fn, result, "enforce")
+    if mask:
+        self._raised = True
+        raise self._violation(mask, False, _returned_late(
+            self, k.slot, k.gen, mask, k.stop_it, k.interrupt_at, k.fired, k.cpu_due,
+            k.mem_on and k.slot.mem.trip_gen == k.gen))
+    return 0
+
+
+cdef int _refuse_awaitable(object fn, object result, str entry) except -1:
+    close = getattr(result, "close", None)
+    if close is not None and not hasattr(result, "add_done_callback"):
+        close()     # a coroutine: never started, and no "never awaited" warning
+    raise TypeError(
+        f"{entry}() ran {fn!r}, which returned an awaitable ({type(result).__name__}); "
+        f"coroutines run with {entry}_async() (or ConstraintEnforcer.execute_async)")
+
+
+@cython.final
+@cython.no_gc
+cdef class _Scope:
+    # The armed state of an open `with budget:` block.
+    cdef _Call k
+
+
+# ---------------------------------------------------------------- asyncio
+
+cdef object _aio = None        # fastpath._aio, imported on first async use
+cdef int _async_scopes = 0     # enforce_async / `async with` scopes open (any thread)
+
+
+cdef object _aio_module():
+    global _aio
+    if _aio is None:
+        from fastpath import _aio as module
+        _aio = module
+    return _aio
+
+
+cdef int _reraise() except -1:
+    return -1       # the exception PyIter_Send / throw left set
+
+
+cdef object _take(PyObject *res):
+    # A new reference handed back by the C API, as an object.
+    cdef object o = <object>res
+    Py_DECREF(o)
+    return o
+
+
+@cython.final
+cdef class _Steps:
+    """What enforce_async() returns: awaiting it drives fn's coroutine one step
+    (resumption to next suspension) at a time, each armed like an enforce()."""
+
+    cdef ExecutionBudget budget
+    cdef object it              # the coroutine (or the awaitable's iterator)
+    cdef object token           # fastpath._aio.CURRENT reset token
+    cdef object task            # the task awaiting us (for the deadline cancellation)
+    cdef object timer           # the loop timer that cancels it at the deadline
+    cdef bint started
+    cdef bint done
+    cdef bint cancelled         # our timer cancelled the task
+
+    @staticmethod
+    cdef _Steps start(ExecutionBudget budget, object fn, tuple args, dict kwargs):
+        cdef _Steps st
+        aw = fn(*args, **kwargs)
+        st = _Steps.__new__(_Steps)
+        if PyCoro_CheckExact(aw):
+            st.it = aw
+        elif fp_is_awaitable(aw):
+            st.it = aw.__await__()
+        else:
+            raise TypeError(f"enforce_async() needs fn to return an awaitable; {fn!r} returned "
+                            f"{type(aw).__name__} (use enforce() for plain functions)")
+        st.budget = budget
+        return st
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._step(None, None)
+
+    def send(self, value):
+        return self._step(value, None)
+
+    def throw(self, typ, val=None, tb=None):
+        if val is None:
+            exc = typ() if isinstance(typ, type) else typ
+        else:
+            exc = val
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        return self._step(None, exc)
+
+    def close(self):
+        if not self.done:
+            self._finish()
+            self.it.close()
+
+    cdef _finish(self):
+        global _async_scopes
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.token is not None:
+            _aio.CURRENT.reset(self.token)
+            self.token = None
+            _async_scopes -= 1
+
+    def _on_deadline(self):
+        # Loop timer: the coroutine is suspended past its deadline: cancel the task.
+        if not self.done and self.task is not None and not self.task.done():
+            self.cancelled = True
+            self.task.cancel("fastpath: budget deadline")
+
+    cdef object _step(self, object value, object exc):
+        cdef ExecutionBudget b = self.budget
+        cdef ExecutionConstraints c = b._constraints
+        cdef _Call k
+        cdef PyObject *res = NULL
+        cdef PySendResult r
+        cdef bint first = not self.started
+        cdef int mask
+        global _async_scopes
+        if self.done:
+            raise RuntimeError("cannot reuse an already awaited enforce_async()")
+        if first:
+            self.started = True
+            self.token = _aio_module().CURRENT.set((b, _aio.task_now()))
+            _async_scopes += 1
+        elif exc is not None and self.cancelled and isinstance(exc, _aio.CancelledError):
+            return self._cancel_at_deadline(exc)
+        elif (b._preempt and c._fail_closed and fp_preempt_enabled
+              and fp_now_ns() >= b._deadline_ns):
+            # resumed past the deadline before the timer could cancel it
+            return self._cancel_at_deadline(_aio.CancelledError())
+        try:
+            _begin_call(b, &k, b._preempt, first, False)
+        except BaseException:
+            self._finish()
+            self.it.close()
+            raise
+        try:
+            r = fp_run_step(k.slot, &k.saved, k.gen, k.mem_on, &k.mem_out, self.it,
+                            <PyObject *>value, NULL if exc is None else <PyObject *>exc, &res)
+            if r == PYGEN_ERROR:
+                _reraise()
+        except BaseException as e:
+            self._finish()
+            _call_failed(b, &k, e)
+            raise
+        if r == PYGEN_RETURN:
+            result = _take(res)
+            self._finish()
+            _call_returned(b, &k, None, None)
+            raise StopIteration(result)
+        yielded = _take(res)
+        mask = _end_call(b, k.slot, &k.saved, k.gen, k.outer_gen, k.fn_start, k.cpu_start,
+                         k.mem_on, &k.mem_out, &k.fired, &k.cpu_due)
+        if mask and k.stop_it and mask != (1 << FP_TIMEOUT):
+            # A fail-closed step went over CPU or memory without being stopped:
+            # the coroutine does not go on.
+            self._finish()
+            _close_quietly(self.it)
+            b._raised = True
+            raise b._violation(mask, False, _returned_late(
+                b, k.slot, k.gen, mask, k.stop_it, k.interrupt_at, k.fired, k.cpu_due,
+                k.mem_on and k.slot.mem.trip_gen == k.gen))
+        if self.timer is None and k.stop_it and fp_preempt_enabled:
+            self._schedule_deadline()
+        return yielded
+
+    cdef _schedule_deadline(self):
+        loop = _aio.get_running_loop()
+        self.task = _aio.current_task()
+        if self.task is not None:
+            self.timer = loop.call_at(
+                loop.time() + (self.budget._deadline_ns - fp_now_ns()) / 1e9, self._on_deadline)
+
+    cdef object _cancel_at_deadline(self, object exc):
+        # The deadline passed while the coroutine was suspended: cancel it (its
+        # cleanup runs unarmed) and report TIMEOUT_EXCEEDED, interrupted.
+        cdef ExecutionBudget b = self.budget
+        self._finish()
+        try:
+            self.it.throw(exc)
+        except BaseException as e:
+            cause = e
+        else:
+            cause = exc
+            _close_quietly(self.it)     # it ignored the cancellation
+        if self.cancelled and self.task is not None and self.task.uncancel() > 0:
+            raise cause                 # also cancelled from outside: that wins
+        b._stop_ns = fp_now_ns()
+        b.record_c(FP_TIMEOUT)
+        b._raised = True
+        raise b._violation(1 << FP_TIMEOUT, True, _judged(b._stop_ns, b._deadline_ns)) from cause
+
+
+cdef _close_quietly(object it):
+    try:
+        it.close()
+    except RuntimeError:
+        pass        # "coroutine ignored GeneratorExit"
 
 
 cdef fp_slot *_new_slot() except NULL:
@@ -759,6 +1123,50 @@ cdef class _RuleState:
         cdef int k
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
                 self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+
+    # -- execute_async: the same bookkeeping as _pipeline, around awaits --------
+    def _admit(self):
+        """Count a call: its budget, or None when sampled out."""
+        cdef ExecutionBudget budget
+        self.calls += 1
+        if not self.constraints.should_sample_c():
+            self.sampled_out += 1
+            self.violations[_SAMPLED_OUT] += 1
+            return None
+        self.executed += 1
+        budget = self.constraints.create_budget_c()
+        budget._preempt = self.preempt
+        return budget
+
+    def _settle(self, ExecutionBudget budget, exc, tuple transient, int64_t attempt):
+        """After an attempt: 0 returned, 1 retry after backoff_s, 2 "deny" (raise exc,
+        audit), 3 "fallback" (audit), 4 fn's own error (raise exc; audit when late)."""
+        cdef int i
+        if exc is None:
+            self.histogram.record_c(budget._stop_ns - budget._start_ns)
+            return 0
+        if budget._raised:
+            self.histogram.record_c(budget._stop_ns - budget._start_ns)
+            for i in range(budget._violation_count):
+                self.violations[budget._violation_order[i]] += 1
+            if self.constraints._fail_closed:
+                self.fail_closed += 1
+                return 2
+            self.fail_open += 1
+            return 3
+        if (attempt < self.max_attempts and isinstance(exc, transient)
+                and budget.remaining_ns_c() >= self.backoff_ns):
+            self.retries += 1
+            return 1
+        self.errors += 1
+        self.histogram.record_c(budget._stop_ns - budget._start_ns)
+        for i in range(budget._violation_count):
+            self.violations[budget._violation_order[i]] += 1
+        return 4
+
+    @property
+    def backoff_s(self):
+        return self.backoff_ns / 1e9
 
     def reset(self):
         cdef int k
@@ -1047,7 +1455,8 @@ def _measure_arm_disarm(Py_ssize_t n):
     for _ in range(n):
         # a fast_rule()-like call: deadline and CPU watch, the watchdog's
         # reading of the CPU clock fresh (as it is between back-to-back calls)
-        gen = fp_arm(slot, &saved, deadline, FP_TIMEOUT, 500000, 1, t0, 3600 * 1000000000)
+        gen = fp_arm(slot, &saved, NULL, deadline, FP_TIMEOUT, 500000, 1, t0,
+                     3600 * 1000000000)
         fp_disarm(slot, &saved, gen)
     return (fp_now_ns() - t0) / n
 

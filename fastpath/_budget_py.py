@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+from typing import (Any, Awaitable, Callable, Dict, Generator, List, Mapping, Optional, Tuple,
+                    TypeVar)
 
 from . import _config
 from ._critical import frame_is_critical
@@ -347,6 +348,7 @@ class _Slot:
         "fire_gen",
         "fire_kind",
         "fire_ns",
+        "current",
         "ident",
         "cpu_clock",
         "__weakref__",
@@ -365,6 +367,7 @@ class _Slot:
         self.fire_gen = 0
         self.fire_kind = 0
         self.fire_ns = 0
+        self.current: Optional[ExecutionBudget] = None   # the innermost sync budget running
         self.ident = threading.get_ident()
         try:
             self.cpu_clock: Optional[int] = time.pthread_getcpuclockid(self.ident)
@@ -563,6 +566,7 @@ class ExecutionBudget:
         "_gen",
         "_cpu_start",
         "_raised",
+        "_scope",
     )
 
     def __init__(self, constraints: ExecutionConstraints, *, preempt: bool = True) -> None:
@@ -579,8 +583,12 @@ class ExecutionBudget:
         self._gen = 0
         self._cpu_start = 0
         self._raised = False
+        self._scope: Any = None
         self._start_ns = _now_ns()
         self._deadline_ns = self._start_ns + constraints._max_exec_ns
+        cur = current_budget()
+        if cur is not None and cur._deadline_ns < self._deadline_ns:
+            self._deadline_ns = cur._deadline_ns   # never outlives the current budget
 
     @property
     def constraints(self) -> ExecutionConstraints:
@@ -669,13 +677,92 @@ class ExecutionBudget:
         the call was interrupted or finished late.  fn's own exceptions propagate
         unchanged.
         """
-        return self._run(fn, args, kwargs, self._preempt)
+        result = self._run(fn, args, kwargs, self._preempt)
+        if _is_awaitable(result):
+            _refuse_awaitable(fn, result, "enforce")
+        return result
 
-    def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, preempt: bool) -> T:
+    def enforce_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any,
+                      **kwargs: Any) -> Awaitable[T]:
+        """Run the coroutine fn(*args, **kwargs) under this budget; await the result.
+
+        Each step of the coroutine (resumption to next suspension) is armed like an
+        enforce() call; a coroutine suspended past its deadline is cancelled and the
+        cancellation becomes ConstraintViolation(TIMEOUT_EXCEEDED).  CPU time and
+        memory are charged for its own steps only."""
+        aw = fn(*args, **kwargs)
+        if not _is_awaitable(aw):
+            raise TypeError(f"enforce_async() needs fn to return an awaitable; {fn!r} returned "
+                            f"{type(aw).__name__} (use enforce() for plain functions)")
+        return _run_steps(_Steps(self, aw))
+
+    def __enter__(self) -> "ExecutionBudget":
+        if self._scope is not None:
+            raise RuntimeError("this budget's `with` block is already open")
+        self._scope = _SyncScope(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        scope = self._scope
+        if not isinstance(scope, _SyncScope):
+            raise RuntimeError("this budget's `with` block is not open")
+        self._scope = None
+        scope.close(exc)
+
+    def __aenter__(self) -> Awaitable["ExecutionBudget"]:
+        return _aio_module().scope_enter(self)  # type: ignore[no-any-return]
+
+    def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
+                  tb: Any) -> Awaitable[bool]:
+        return _aio_module().scope_exit(self, exc_type, exc)  # type: ignore[no-any-return]
+
+    def _async_enter(self) -> Tuple[float, bool]:
+        global _async_scopes
+        now = _now_ns()
+        if now >= self._deadline_ns:
+            self._stop_ns = now
+            self._record_mask(1 << TIMEOUT)
+            raise self._violation(1 << TIMEOUT, False, None)
+        self._stop_ns = 0
+        _async_scopes += 1
+        return ((self._deadline_ns - now) / 1e9,
+                bool(self._preempt and self._constraints._values[4] and _preempt_enabled))
+
+    def _async_exit(self, timed_out: bool) -> None:
+        global _async_scopes
+        _async_scopes -= 1
+        self._stop_ns = _now_ns()
+        mask = self._limits_mask(self._stop_ns, self._cpu_ns) | (timed_out << TIMEOUT)
+        self._record_mask(mask)
+        if mask:
+            raise self._violation(mask, timed_out, _stopped_in_time(
+                self._stop_ns, self._deadline_ns) if timed_out else None)
+
+    def _late_violation(self) -> ConstraintViolation:
+        """The violation recorded so far, not raised (audit of a late call that
+        raised its own error)."""
+        return self._violation(-1, False, None)
+
+    def _raise_timeout(self) -> None:
+        """Stop the running call of this budget as its deadline would (for code
+        that enforces the budget's remaining time itself, e.g. fastpath.regex)."""
+        slot = _slot()
+        if not self._gen:
+            raise RuntimeError("no call of this budget is running on this thread")
+        slot.fire_kind = TIMEOUT
+        slot.fire_ns = self._deadline_ns
+        slot.fire_gen = self._gen
+        raise ExecutionInterrupted()
+
+    def _run(self, fn: Callable[..., T], args: Any, kwargs: Any, preempt: bool,
+             first: bool = True, current: bool = True, step: bool = False) -> T:
+        """One armed call of fn.  first: refuse to run past the deadline;
+        current: the budget is the thread's current one meanwhile; step: a
+        coroutine step (a limit found at a suspension is the caller's to act on)."""
         c = self._constraints
         self._raised = False
         fn_start = _now_ns()
-        if fn_start >= self._deadline_ns:
+        if first and fn_start >= self._deadline_ns:
             self._stop_ns = fn_start
             self._record_mask(1 << TIMEOUT)
             self._raised = True
@@ -694,13 +781,15 @@ class ExecutionBudget:
         else:  # fail open: stop only a runaway, at twice its budget
             interrupt_at = self._deadline_ns + c._max_exec_ns
         allowance = c._cpu_allowance_ns
+        left = 0 if allowance is None else max(0, allowance - self._cpu_ns)
+        n_cpu = len(slot.cpu)
         cpu_start = _thread_cpu_ns()
         _wake_watchdog()
         # From the first arming store to the end of the disarm there is no call
         # (the GIL, and with it an interrupt, only changes hands at a call or a
         # backward jump), except fn itself: an interrupt lands inside the try,
         # or is cleared before anything else runs.
-        saved = (slot.armed_gen, slot.interrupt_at)
+        saved = (slot.armed_gen, slot.interrupt_at, slot.current)
         slot.next_gen += 1
         gen = slot.next_gen
         slot.depth += 1
@@ -708,10 +797,10 @@ class ExecutionBudget:
         if slot.armed_gen == 0 or interrupt_at < slot.interrupt_at:
             slot.interrupt_at = interrupt_at
             slot.armed_gen = gen
-        n_cpu = len(slot.cpu)
         if allowance is not None:
-            left = allowance - self._cpu_ns
-            slot.cpu = slot.cpu + ((gen, left if left > 0 else 0, stop_it, cpu_start),)
+            slot.cpu = slot.cpu + ((gen, left, stop_it, cpu_start),)
+        if current:
+            slot.current = self
         self._stop_ns = 0
         outer = (self._gen, self._cpu_start)
         self._gen = gen
@@ -720,13 +809,13 @@ class ExecutionBudget:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             if slot.depth == depth and gen > slot.reset_gen:
-                slot.armed_gen, slot.interrupt_at = saved
+                slot.armed_gen, slot.interrupt_at, slot.current = saved
                 slot.cpu = slot.cpu[:n_cpu]
                 slot.depth = depth - 1
             elif gen > slot.reset_gen:
                 # Calls returned out of order (greenlets): forget everything
                 # armed here and stop interrupting calls on this thread.
-                slot.armed_gen, slot.interrupt_at, slot.cpu = 0, NEVER, ()
+                slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
                 slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
             fired = slot.fire_gen == gen
             if fired:
@@ -743,19 +832,24 @@ class ExecutionBudget:
                 # the interrupt stays as __context__, as in the compiled core
                 raise self._violation(  # noqa: B904
                     mask, True, _stopped_in_time(self._stop_ns, due))
+            if step and isinstance(exc, StopIteration) and mask:
+                # the coroutine returned over a limit
+                self._raised = True
+                raise self._violation(mask, False, self._returned_late(  # noqa: B904
+                    slot, gen, mask, stop_it, interrupt_at, fired))
             raise
         if slot.depth == depth and gen > slot.reset_gen:
-            slot.armed_gen, slot.interrupt_at = saved
+            slot.armed_gen, slot.interrupt_at, slot.current = saved
             slot.cpu = slot.cpu[:n_cpu]
             slot.depth = depth - 1
         elif gen > slot.reset_gen:
-            slot.armed_gen, slot.interrupt_at, slot.cpu = 0, NEVER, ()
+            slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
             slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
         fired = slot.fire_gen == gen
         if fired:
             _set_async_exc(slot.ident, _CLEAR)
         mask = self._finish(fn_start, outer)
-        if mask:
+        if mask and (not step or (stop_it and mask != 1 << TIMEOUT)):
             self._raised = True
             raise self._violation(mask, False, self._returned_late(
                 slot, gen, mask, stop_it, interrupt_at, fired))
@@ -786,9 +880,223 @@ class ExecutionBudget:
         return mask
 
 
+# ------------------------------------------------------------------ asyncio
+
+_aio: Any = None        # fastpath._aio, imported on first async use
+_async_scopes = 0       # enforce_async / `async with` scopes open (any thread)
+
+
+def _aio_module() -> Any:
+    global _aio
+    if _aio is None:
+        from . import _aio as module
+        _aio = module
+    return _aio
+
+
+def current_budget() -> Optional[ExecutionBudget]:
+    """The innermost budget whose enforce(), enforce_async() or scope is running in
+    this thread and task, or None."""
+    slot = getattr(_local, "slot", None)
+    if slot is not None and slot.current is not None:
+        return slot.current  # type: ignore[no-any-return]
+    if _async_scopes:
+        return _aio.current_budget()  # type: ignore[no-any-return]
+    return None
+
+
+def _is_awaitable(obj: Any) -> bool:
+    return hasattr(type(obj), "__await__")
+
+
+def _refuse_awaitable(fn: Any, result: Any, entry: str) -> None:
+    close = getattr(result, "close", None)
+    if close is not None and not hasattr(result, "add_done_callback"):
+        close()     # a coroutine: never started, and no "never awaited" warning
+    raise TypeError(
+        f"{entry}() ran {fn!r}, which returned an awaitable ({type(result).__name__}); "
+        f"coroutines run with {entry}_async() (or ConstraintEnforcer.execute_async)")
+
+
+class _SyncScope:
+    """An open `with budget:` block: one armed call whose body is the block.
+
+    The twin arms through ``_run`` with a callable that waits for the block to
+    end, so the arming is exactly enforce()'s; the block runs on a greenlet-free
+    design: ``_run`` is entered here and left in ``close``."""
+
+    __slots__ = ("budget", "gen", "slot", "saved", "depth", "n_cpu", "fn_start", "outer",
+                 "interrupt_at", "stop_it")
+
+    def __init__(self, budget: ExecutionBudget) -> None:
+        c = budget._constraints
+        now = _now_ns()
+        if now >= budget._deadline_ns:
+            budget._stop_ns = now
+            budget._record_mask(1 << TIMEOUT)
+            raise budget._violation(1 << TIMEOUT, False, None)
+        slot = _slot()
+        if slot.depth >= MAX_NESTING:
+            raise RecursionError("fastpath: enforce() nested too deeply on this thread")
+        fail_closed = c._values[4]
+        self.stop_it = budget._preempt and fail_closed and not slot.unordered
+        if not budget._preempt or slot.unordered:
+            self.interrupt_at = NEVER
+        elif fail_closed:
+            self.interrupt_at = budget._deadline_ns
+        else:
+            self.interrupt_at = budget._deadline_ns + c._max_exec_ns
+        allowance = c._cpu_allowance_ns
+        left = 0 if allowance is None else max(0, allowance - budget._cpu_ns)
+        self.budget, self.slot, self.fn_start = budget, slot, now
+        self.n_cpu = len(slot.cpu)
+        cpu_start = _thread_cpu_ns()
+        _wake_watchdog()
+        self.saved = (slot.armed_gen, slot.interrupt_at, slot.current)
+        slot.next_gen += 1
+        self.gen = gen = slot.next_gen
+        slot.depth += 1
+        self.depth = slot.depth
+        if slot.armed_gen == 0 or self.interrupt_at < slot.interrupt_at:
+            slot.interrupt_at = self.interrupt_at
+            slot.armed_gen = gen
+        if allowance is not None:
+            slot.cpu = slot.cpu + ((gen, left, self.stop_it, cpu_start),)
+        slot.current = budget
+        budget._stop_ns = 0
+        self.outer = (budget._gen, budget._cpu_start)
+        budget._gen = gen
+        budget._cpu_start = cpu_start
+
+    def close(self, exc: Optional[BaseException]) -> None:
+        slot, gen, budget = self.slot, self.gen, self.budget
+        if slot.depth == self.depth and gen > slot.reset_gen:
+            slot.armed_gen, slot.interrupt_at, slot.current = self.saved
+            slot.cpu = slot.cpu[:self.n_cpu]
+            slot.depth = self.depth - 1
+        elif gen > slot.reset_gen:
+            slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+            slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+        fired = slot.fire_gen == gen
+        if fired:
+            _set_async_exc(slot.ident, _CLEAR)
+        mask = budget._finish(self.fn_start, self.outer)
+        if isinstance(exc, ExecutionInterrupted) and fired:
+            if slot.fire_kind and not mask & (1 << slot.fire_kind):
+                budget._record_mask(1 << slot.fire_kind)
+                mask |= 1 << slot.fire_kind
+            due = self.interrupt_at if slot.fire_kind == TIMEOUT else slot.fire_ns
+            raise budget._violation(mask, True, _stopped_in_time(budget._stop_ns, due))
+        if exc is None and mask:
+            raise budget._violation(mask, False, budget._returned_late(
+                slot, gen, mask, self.stop_it, self.interrupt_at, fired))
+
+
+class _Steps:
+    """What enforce_async() returns: awaiting it drives the coroutine one step
+    (resumption to next suspension) at a time, each armed like an enforce()."""
+
+    __slots__ = ("_budget", "_aw")
+
+    def __init__(self, budget: ExecutionBudget, aw: Any) -> None:
+        self._budget = budget
+        self._aw = aw
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        global _async_scopes
+        budget, aw = self._budget, self._aw
+        it = aw if hasattr(aw, "send") and hasattr(aw, "throw") else aw.__await__()
+        aio = _aio_module()
+        c = budget._constraints
+        stop_it = budget._preempt and c._values[4] and _preempt_enabled
+        task = aio.task_now()
+        token = aio.CURRENT.set((budget, task))
+        _async_scopes += 1
+        timer = None
+        state = {"cancelled": False}
+
+        def on_deadline() -> None:
+            if task is not None and not task.done():
+                state["cancelled"] = True
+                task.cancel("fastpath: budget deadline")
+
+        value: Any = None
+        exc: Optional[BaseException] = None
+        first = True
+        try:
+            while True:
+                ours = (exc is not None and state["cancelled"]
+                        and isinstance(exc, aio.CancelledError))
+                if not first and not ours and stop_it and _now_ns() >= budget._deadline_ns:
+                    exc, ours = aio.CancelledError(), True
+                if ours and exc is not None:
+                    return self._cancel_at_deadline(it, exc, task, state["cancelled"])
+                try:
+                    if exc is None:
+                        yielded = budget._run(it.send, (value,), {}, budget._preempt,
+                                              first, False, True)
+                    else:
+                        yielded = budget._run(it.throw, (exc,), {}, budget._preempt,
+                                              first, False, True)
+                except StopIteration as stop:
+                    return stop.value
+                except ConstraintViolation:
+                    if not first or budget._stop_ns:
+                        _close_quietly(it)
+                    raise
+                first = False
+                if timer is None and stop_it and task is not None:
+                    loop = aio.get_running_loop()
+                    timer = loop.call_at(
+                        loop.time() + (budget._deadline_ns - _now_ns()) / 1e9, on_deadline)
+                try:
+                    value, exc = (yield yielded), None
+                except GeneratorExit:
+                    _close_quietly(it)
+                    raise
+                except BaseException as e:  # noqa: BLE001 - passed on into the coroutine
+                    value, exc = None, e
+        finally:
+            if timer is not None:
+                timer.cancel()
+            aio.CURRENT.reset(token)
+            _async_scopes -= 1
+
+    def _cancel_at_deadline(self, it: Any, exc: BaseException, task: Any,
+                            cancelled_by_timer: bool) -> Any:
+        budget = self._budget
+        try:
+            it.throw(exc)
+        except BaseException as e:  # noqa: BLE001 - becomes the violation's cause
+            cause = e
+        else:
+            cause = exc
+            _close_quietly(it)      # it ignored the cancellation
+        if cancelled_by_timer and task is not None and task.uncancel() > 0:
+            raise cause             # also cancelled from outside: that wins
+        budget._stop_ns = _now_ns()
+        budget._record_mask(1 << TIMEOUT)
+        budget._raised = True
+        raise budget._violation(1 << TIMEOUT, True, _stopped_in_time(
+            budget._stop_ns, budget._deadline_ns)) from cause
+
+
+async def _run_steps(steps: "_Steps") -> Any:
+    # A real coroutine (asyncio.create_task accepts it) around the step driver.
+    return await steps
+
+
+def _close_quietly(it: Any) -> None:
+    try:
+        it.close()
+    except RuntimeError:
+        pass        # "coroutine ignored GeneratorExit"
+
+
 # ------------------------------------------------------------------ the enforcer
 
 _SAMPLED_OUT = 4
+_counter_lock = threading.Lock()    # execute_async's counters (the pipeline has its own)
 
 
 class _RuleState:
@@ -814,6 +1122,49 @@ class _RuleState:
     def counters(self) -> Tuple[int, int, int, int, int, int, int, Dict[int, int]]:
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
                 self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+
+    # -- execute_async: the same bookkeeping as _pipeline, around awaits --------
+    def _admit(self) -> Optional["ExecutionBudget"]:
+        """Count a call: its budget, or None when sampled out."""
+        sampled = self.constraints.should_sample()
+        with _counter_lock:
+            self.calls += 1
+            if not sampled:
+                self.sampled_out += 1
+                self.violations[_SAMPLED_OUT] += 1
+                return None
+            self.executed += 1
+        return ExecutionBudget(self.constraints, preempt=self.preempt)
+
+    def _settle(self, budget: "ExecutionBudget", exc: Optional[BaseException],
+                transient: Tuple[type, ...], attempt: int) -> int:
+        """After an attempt: 0 returned, 1 retry after backoff_s, 2 "deny" (raise exc,
+        audit), 3 "fallback" (audit), 4 fn's own error (raise exc; audit when late)."""
+        elapsed = budget._stop_ns - budget._start_ns
+        if exc is None:
+            self.histogram.record(elapsed)
+            return 0
+        with _counter_lock:
+            if budget._raised:
+                for kind in budget._violations:
+                    self.violations[kind] += 1
+                if self.constraints.fail_closed_on_timeout:
+                    self.fail_closed += 1
+                    outcome = 2
+                else:
+                    self.fail_open += 1
+                    outcome = 3
+            elif (attempt < self.max_attempts and isinstance(exc, transient)
+                    and budget.remaining_ms() / 1000 >= self.backoff_s):
+                self.retries += 1
+                return 1
+            else:
+                self.errors += 1
+                for kind in budget._violations:
+                    self.violations[kind] += 1
+                outcome = 4
+        self.histogram.record(elapsed)
+        return outcome
 
     def reset(self) -> None:
         self.calls = self.executed = self.sampled_out = 0
@@ -909,6 +1260,8 @@ class _EnforcerCore:
                     self._audit(rule.key, rule_id, fn, budget._violation(-1, False, None), "error")
                 raise
             rule.histogram.record(budget._stop_ns - budget._start_ns)
+            if _is_awaitable(result):
+                _refuse_awaitable(fn, result, "enforce")
             return result
 
 
@@ -923,6 +1276,7 @@ __all__ = [
     "ExecutionConstraints",
     "ExecutionStats",
     "preemption_info",
+    "current_budget",
     "set_preemption",
     "uninterruptible",
 ]

@@ -165,8 +165,8 @@ static void fp_tsc_pair(uint64_t *tsc, int64_t *ns)
 /* Calibration step, run by the watchdog thread: returns 1 once published. */
 static int fp_tsc_calibrate(uint64_t *tsc0, int64_t *ns0)
 {
-    uint64_t tsc1;
-    int64_t ns1;
+    uint64_t tsc1 = 0;
+    int64_t ns1 = 0;
     double rate;
     if (!fp_tsc_usable || fp_tsc_ready)
         return 1;
@@ -292,6 +292,7 @@ typedef struct fp_slot {
     uintptr_t stack_guard;    /* below this C-stack address enforce() refuses to nest */
     int64_t cpu_recent_ns;    /* when a CPU-limited call last started here */
     int defer_depth;          /* open fastpath.uninterruptible() blocks */
+    PyObject *current;        /* the innermost budget running here (borrowed; enforce() holds it) */
     int deferred;             /* the main-thread handler put an interrupt off */
     /* -- written by the watchdog -- */
     uint64_t base_seq;        /* seqlock of the reading below */
@@ -326,6 +327,7 @@ typedef struct {
     int interrupt_kind;
     int depth;                /* this call's depth on the thread */
     int cpu_idx;              /* its CPU watch, or -1 */
+    PyObject *current;        /* the enclosing current budget */
     int64_t cpu_lo;           /* its start bracket (see fp_cpu_watch) */
     int64_t cpu_hi;
     fp_mem_session mem;       /* the enclosing memory session */
@@ -443,6 +445,7 @@ static fp_slot *fp_slot_create(void)
     s->unordered = 0;
     s->defer_depth = 0;
     s->deferred = 0;
+    s->current = NULL;
     s->cpu_recent_ns = 0;
     s->base_wall = 0;
     s->fire_gen = 0;
@@ -522,6 +525,7 @@ static int fp_wd_membarrier = 0;
 static int fp_wd_final = 0;     /* shut down at interpreter exit: never restart */
 static pthread_t fp_wd_thread;
 static PyThreadState *fp_wd_tstate = NULL;
+static PyGILState_STATE fp_wd_gilstate;      /* what the watchdog's PyGILState_Ensure() returned */
 static PyObject *fp_interrupt_type = NULL;   /* ExecutionInterrupted (strong ref) */
 static PyObject *fp_critical_files = NULL;   /* tuple of str: file-name prefixes of stdlib
                                               * modules that hold locks (see _critical.py) */
@@ -708,8 +712,9 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
     if (fp_fast_gil)
         fp_fast_gil_lower();
     if (fp_wd_tstate == NULL) {
-        PyGILState_STATE st = PyGILState_Ensure();    /* first time: our own thread state */
-        (void)st;
+        /* First time: our own thread state, bound to this thread's PyGILState
+         * slot; the watchdog deletes it on its own thread when it exits. */
+        fp_wd_gilstate = PyGILState_Ensure();
     } else {
         PyEval_RestoreThread(fp_wd_tstate);
     }
@@ -801,6 +806,20 @@ static int fp_wd_read_slot(fp_slot *s, fp_armed_view *v, int *active)
     return 1;
 }
 
+#define FP_WD_CPU_READ_MAX_NS 50000LL      /* a CPU reading that took longer is dropped */
+
+/* The owner's CPU clock, and (in *when) a time no earlier than the reading and
+ * at most 50 us after it -- or -1 when the watchdog was held up in between
+ * (descheduled): the pair would then understate how old the reading is. */
+static inline int64_t fp_wd_read_cpu(fp_slot *s, int64_t *when)
+{
+    int64_t w0 = fp_now_ns(), c = fp_clock_ns(s->cpu_clock), w1 = fp_now_ns();
+    if (c < 0 || w1 - w0 > FP_WD_CPU_READ_MAX_NS)
+        return -1;
+    *when = w1;
+    return c;
+}
+
 /* CPU watches of one slot: sample each new call once, then re-read until
  * an allowance is crossed.  CPU time cannot grow faster than wall time, so the
  * next look is due no earlier than (allowance - used) from now.  Returns the
@@ -818,10 +837,9 @@ static int fp_wd_check_cpu(fp_slot *s, const fp_armed_view *v, int64_t now, int6
         if (w->gen == 0)
             continue;
         if (c < 0) {
-            c = fp_clock_ns(s->cpu_clock);
+            c = fp_wd_read_cpu(s, &now);
             if (c < 0)
                 return -1;
-            now = fp_now_ns();      /* read after the clock: the reading is no later */
             fp_base_write(s, c, now);
         }
         start_hi = w->start_hi;
@@ -846,9 +864,9 @@ static int fp_wd_check_cpu(fp_slot *s, const fp_armed_view *v, int64_t now, int6
     }
     if (c < 0 && s->cpu_recent_ns && now - s->cpu_recent_ns < FP_WD_BASE_KEEP_NS) {
         /* Between calls: keep a fresh reading, so that the next call needs none. */
-        c = fp_clock_ns(s->cpu_clock);
+        c = fp_wd_read_cpu(s, &now);
         if (c >= 0)
-            fp_base_write(s, c, fp_now_ns());
+            fp_base_write(s, c, now);
     }
     return fire;
 }
@@ -1028,6 +1046,16 @@ static void *fp_wd_main(void *unused)
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
         }
     }
+    /* Delete our thread state on its own thread.  On 3.13+ PyThreadState_Delete()
+     * from another thread clears the *caller's* PyGILState slot, and the main
+     * thread's next PyGILState_Ensure() (numpy's PyTraceMalloc_Untrack while
+     * modules are cleared) then aborts: "_PyThreadState_Attach: non-NULL old
+     * thread state".  fp_wd_shutdown() has released the GIL while it joins us. */
+    if (fp_wd_tstate != NULL && !FP_IS_FINALIZING()) {
+        PyEval_RestoreThread(fp_wd_tstate);
+        fp_wd_tstate = NULL;
+        PyGILState_Release(fp_wd_gilstate);   /* clears and deletes it, drops the GIL */
+    }
     return NULL;
 }
 /* Rare path of arm: the watchdog is parked (nothing was armed for a while). */
@@ -1095,14 +1123,11 @@ static void fp_wd_shutdown(void)
     __atomic_store_n(&fp_wd_stop, 1, __ATOMIC_RELEASE);
     fp_wd_wake();
     ts = PyEval_SaveThread();
-    pthread_join(fp_wd_thread, NULL);
+    pthread_join(fp_wd_thread, NULL);     /* the watchdog deletes its own thread state */
     PyEval_RestoreThread(ts);
-    if (fp_wd_tstate != NULL) {
-        /* Still ours and detached from any thread: clear it with the GIL. */
-        PyThreadState_Clear(fp_wd_tstate);
-        PyThreadState_Delete(fp_wd_tstate);
-        fp_wd_tstate = NULL;
-    }
+    /* One it could not delete (finalizing) is left to the interpreter, which
+     * clears every remaining thread state at exit. */
+    fp_wd_tstate = NULL;
     __atomic_store_n(&fp_wd_running, 0, __ATOMIC_RELEASE);
 }
 
@@ -1151,11 +1176,13 @@ static void fp_atfork_child(void)
  * call, the thread's CPU clock at the start is bracketed by the watchdog's
  * latest reading when that is at most cpu_max_age old, and read (a syscall)
  * otherwise. */
-static inline uint64_t fp_arm(fp_slot *s, fp_saved *sv, int64_t interrupt_at, int interrupt_kind,
-                              int64_t cpu_limit_ns, int cpu_interrupt, int64_t fn_start,
-                              int64_t cpu_max_age)
+static inline uint64_t fp_arm(fp_slot *s, fp_saved *sv, PyObject *budget, int64_t interrupt_at,
+                              int interrupt_kind, int64_t cpu_limit_ns, int cpu_interrupt,
+                              int64_t fn_start, int64_t cpu_max_age)
 {
     uint64_t gen = ++s->next_gen;
+    sv->current = s->current;
+    s->current = budget;
     sv->armed_gen = s->armed_gen;
     sv->interrupt_at_ns = s->interrupt_at_ns;
     sv->interrupt_kind = s->interrupt_kind;
@@ -1212,6 +1239,7 @@ static void fp_slot_reset(fp_slot *s)
     s->n_cpu = 0;
     fp_seq_end(s);
     s->depth = 0;
+    s->current = NULL;
     s->reset_gen = s->next_gen;
     s->unordered = 1;
     fp_mem_abandon(&s->mem);
@@ -1245,7 +1273,27 @@ static inline int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen)
     }
     fp_seq_end(s);
     s->depth--;
+    s->current = sv->current;
     return fired;
+}
+
+/* End the memory session of a call (or `with` block, or coroutine step). */
+static inline void fp_mem_end_scope(fp_slot *s, fp_saved *sv, uint64_t gen, int mem_on,
+                                    fp_mem_session *mem_out)
+{
+    if (!mem_on)
+        return;
+    if (FP_LIKELY(s->depth == sv->depth && gen > s->reset_gen))
+        fp_mem_disarm(&s->mem, &sv->mem, mem_out);
+    else
+        fp_mem_abandon_into(&s->mem, mem_out);
+}
+
+/* Code that bounds the call itself (fastpath.regex) stops it as its deadline
+ * would: the interrupt it raises is this call's own. */
+static inline void fp_mark_fired(fp_slot *s, uint64_t gen)
+{
+    __atomic_store_n(&s->fire_gen, gen, __ATOMIC_RELEASE);
 }
 
 /* The call itself: fn(*args, **kwargs), with the memory session (if any)
@@ -1256,13 +1304,48 @@ static inline PyObject *fp_run_call(fp_slot *s, fp_saved *sv, uint64_t gen, int 
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
-    if (mem_on) {
-        if (FP_LIKELY(s->depth == sv->depth && gen > s->reset_gen))
-            fp_mem_disarm(&s->mem, &sv->mem, mem_out);
-        else
-            fp_mem_abandon_into(&s->mem, mem_out);
-    }
+    fp_mem_end_scope(s, sv, gen, mem_on, mem_out);
     return r;
+}
+
+/* One step of a coroutine run by enforce_async(): send `arg` into it, or throw
+ * `exc` (when not NULL), with the memory session ended the moment it comes
+ * back, as for fp_run_call.  Returns PYGEN_RETURN / PYGEN_NEXT with *result,
+ * or PYGEN_ERROR with an exception set. */
+static inline PySendResult fp_run_step(fp_slot *s, fp_saved *sv, uint64_t gen, int mem_on,
+                                       fp_mem_session *mem_out, PyObject *it, PyObject *arg,
+                                       PyObject *exc, PyObject **result)
+{
+    PySendResult r;
+    if (exc == NULL) {
+        r = PyIter_Send(it, arg, result);
+    } else {
+        *result = PyObject_CallMethod(it, "throw", "O", exc);
+        if (*result != NULL) {
+            r = PYGEN_NEXT;
+        } else if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            /* the coroutine handled the exception and returned */
+            PyObject *t, *v, *tb;
+            PyErr_Fetch(&t, &v, &tb);
+            PyErr_NormalizeException(&t, &v, &tb);
+            *result = v != NULL ? PyObject_GetAttrString(v, "value") : (Py_INCREF(Py_None), Py_None);
+            Py_XDECREF(t);
+            Py_XDECREF(v);
+            Py_XDECREF(tb);
+            r = *result != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+        } else {
+            r = PYGEN_ERROR;
+        }
+    }
+    fp_mem_end_scope(s, sv, gen, mem_on, mem_out);
+    return r;
+}
+
+/* Would awaiting be the way to use this (a coroutine, a future, ...)? */
+static inline int fp_is_awaitable(PyObject *o)
+{
+    PyAsyncMethods *am = Py_TYPE(o)->tp_as_async;
+    return am != NULL && am->am_await != NULL;
 }
 
 /* The lowest the thread's CPU clock can have been when call `gen` started:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as _dt
 import enum
 import functools
+import inspect
 import logging
 import os
 import threading
@@ -210,7 +211,17 @@ class _EnforcerAPI:
             raise InvalidConfiguration(f"rule_id must be a str or None, got {rule_id!r}")
 
         def decorate(fn: F) -> F:
+            if not callable(fn):
+                raise TypeError(f"constrained() decorates a callable, got {fn!r}")
             rid = rule_id if rule_id is not None else _name_of(fn)
+            if inspect.iscoroutinefunction(fn):
+                run_async = self._execute_async_as
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    return await run_async(rule_type, rid, fn, args, kwargs)
+
+                return async_wrapper  # type: ignore[return-value]
             execute_as = self._execute_as
 
             @functools.wraps(fn)
@@ -223,6 +234,46 @@ class _EnforcerAPI:
             return wrapper  # type: ignore[return-value]
 
         return decorate
+
+    async def execute_async(self, rule_type: RuleType, fn: Callable[..., Any], /, *args: Any,
+                            **kwargs: Any) -> Any:
+        """``execute_with_constraints`` for coroutines: sampling, a budget whose
+        coroutine steps are each armed (``enforce_async``), transient retries with
+        ``asyncio.sleep`` backoff inside the budget, the failure policy, audit,
+        counters and the latency histogram."""
+        return await self._execute_async_as(rule_type, None, fn, args, kwargs)
+
+    async def _execute_async_as(self, rule_type: RuleType, rule_id: Optional[str],
+                                fn: Callable[..., Any], args: Tuple[Any, ...],
+                                kwargs: Dict[str, Any]) -> Any:
+        rule = self._rule_state(rule_type)
+        budget = rule._admit()
+        if budget is None:
+            return rule.fallback
+        attempt = 1
+        while True:
+            try:
+                result = await budget.enforce_async(fn, *args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - classified by the core
+                outcome = rule._settle(budget, exc, self._transient, attempt)
+                if outcome == 1:
+                    attempt += 1
+                    if rule.backoff_s:
+                        import asyncio
+
+                        await asyncio.sleep(rule.backoff_s)
+                    continue
+                if outcome == 2:
+                    self._audit(rule_type, rule_id, fn, exc, "deny")  # type: ignore[arg-type]
+                    raise
+                if outcome == 3:
+                    self._audit(rule_type, rule_id, fn, exc, "fallback")  # type: ignore[arg-type]
+                    return rule.fallback
+                if budget.get_violations():
+                    self._audit(rule_type, rule_id, fn, budget._late_violation(), "error")
+                raise
+            rule._settle(budget, None, self._transient, attempt)
+            return result
 
     # -- audit (slow path: only violated calls get here) ----------------------
     def _audit(self, rule_type: RuleType, rule_id: Optional[str], fn: Any,

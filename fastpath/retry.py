@@ -36,8 +36,9 @@ import math
 import numbers
 import operator
 import random
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
@@ -350,16 +351,22 @@ class RetryPolicy:
         An exception that is not retried (see ``retry_on`` and ``retry_if``)
         propagates at once, unchanged.  After the last attempt the last
         exception is re-raised -- the same object, its traceback kept -- with
-        the note ``"fastpath.RetryPolicy: gave up after N attempts"``.
+        the note ``"fastpath.RetryPolicy: gave up after N attempts"``.  Inside
+        an ``enforce()`` (or any scope with a current budget) no retry starts
+        that the current budget cannot cover, as with ``execute_within``.
+        ``fn`` must be a plain callable: coroutines go to ``execute_async``.
         """
+        _check_callable(fn, "execute")
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - retry_on filters it
             failure = exc
+        else:
+            return _not_awaitable(fn, result, "execute")
         # Outside the except block: the next attempts' exceptions get no
         # __context__ from this one.
         try:
-            return self._retry(failure, fn, args, kwargs, None)
+            return self._retry(failure, fn, args, kwargs, _current_budget())
         finally:
             del failure
 
@@ -389,16 +396,56 @@ class RetryPolicy:
         ``is_timeout()``, so a budget whose clock is stopped (after an
         ``enforce()`` returned) reports the time it stopped at.
         """
+        _check_budget(budget, "execute_within")
+        _check_callable(fn, "execute_within")
         if budget.is_timeout():
             _raise_timed_out(budget)
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - retry_on filters it
             failure = exc
+        else:
+            return _not_awaitable(fn, result, "execute_within")
         try:
             return self._retry(failure, fn, args, kwargs, budget)
         finally:
             del failure
+
+    async def execute_async(self, fn: Callable[P, Awaitable[T]], /, *args: P.args,
+                            **kwargs: P.kwargs) -> T:
+        """``execute`` for coroutines: ``await fn(*args, **kwargs)``, retrying with
+        ``asyncio.sleep`` between attempts.  ``asyncio.CancelledError`` (a
+        ``BaseException``) is never retried."""
+        _check_callable(fn, "execute_async")
+        return await self._retry_async(fn, args, kwargs, _current_budget())
+
+    async def execute_within_async(self, budget: ExecutionBudget,
+                                   fn: Callable[P, Awaitable[T]], /, *args: P.args,
+                                   **kwargs: P.kwargs) -> T:
+        """``execute_within`` for coroutines (pass ``budget.enforce_async`` as ``fn``
+        to also run each attempt under the budget)."""
+        _check_budget(budget, "execute_within_async")
+        _check_callable(fn, "execute_within_async")
+        if budget.is_timeout():
+            _raise_timed_out(budget)
+        return await self._retry_async(fn, args, kwargs, budget)
+
+    async def _retry_async(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...],
+                           kwargs: dict[str, Any], budget: ExecutionBudget | None) -> T:
+        import asyncio
+
+        attempt = 1
+        while True:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - retry_on filters it
+                delay = self._delay_before_retry(exc, attempt, budget)
+                try:
+                    await asyncio.sleep(delay / 1000.0)
+                    self._check_after_delay(exc, attempt, delay, budget)
+                finally:
+                    del exc
+            attempt += 1
 
     def _retry(
         self,
@@ -409,35 +456,13 @@ class RetryPolicy:
         budget: ExecutionBudget | None,
     ) -> T:
         """The slow path: attempt 1 failed with ``exc``."""
-        retry_on = self._retry_on
-        retry_if = self._retry_if
         sleep = self._sleep
         attempt = 1
         try:
             while True:
-                if not isinstance(exc, retry_on) or (retry_if is not None and not retry_if(exc)):
-                    raise exc
-                if attempt >= self._max_attempts:
-                    _give_up(exc, f"gave up after {_attempts(attempt)}")
-                delay = self._next_delay(attempt)
-                if budget is not None:
-                    remaining = budget.remaining_ms()
-                    if not delay < remaining:
-                        _give_up(
-                            exc,
-                            f"stopped after {_attempts(attempt)}: the budget has timed out"
-                            if remaining <= 0.0
-                            else f"stopped after {_attempts(attempt)}: the delay before attempt "
-                            f"{attempt + 1} ({_fmt_ms(delay)}) does not fit in the budget's "
-                            f"remaining {_fmt_ms(remaining)}",
-                        )
+                delay = self._delay_before_retry(exc, attempt, budget)
                 sleep(delay / 1000.0)
-                if budget is not None and budget.is_timeout():
-                    _give_up(
-                        exc,
-                        f"stopped after {_attempts(attempt)}: the budget timed out during "
-                        f"the {_fmt_ms(delay)} delay before attempt {attempt + 1}",
-                    )
+                self._check_after_delay(exc, attempt, delay, budget)
                 attempt += 1
                 try:
                     return fn(*args, **kwargs)
@@ -445,6 +470,72 @@ class RetryPolicy:
                     exc = failure
         finally:
             del exc  # no frame -> exception -> traceback -> frame cycle
+
+    def _delay_before_retry(self, exc: Exception, attempt: int,
+                            budget: ExecutionBudget | None) -> float:
+        """Attempt `attempt` failed with exc: the delay before the next one, or
+        re-raise exc (not retried, out of attempts, or the budget cannot cover it)."""
+        if not isinstance(exc, self._retry_on) or (
+                self._retry_if is not None and not self._retry_if(exc)):
+            raise exc
+        if attempt >= self._max_attempts:
+            _give_up(exc, f"gave up after {_attempts(attempt)}")
+        delay = self._next_delay(attempt)
+        if budget is not None:
+            remaining = budget.remaining_ms()
+            if not delay < remaining:
+                _give_up(
+                    exc,
+                    f"stopped after {_attempts(attempt)}: the budget has timed out"
+                    if remaining <= 0.0
+                    else f"stopped after {_attempts(attempt)}: the delay before attempt "
+                    f"{attempt + 1} ({_fmt_ms(delay)}) does not fit in the budget's "
+                    f"remaining {_fmt_ms(remaining)}",
+                )
+        return delay
+
+    @staticmethod
+    def _check_after_delay(exc: Exception, attempt: int, delay: float,
+                           budget: ExecutionBudget | None) -> None:
+        if budget is not None and budget.is_timeout():
+            _give_up(
+                exc,
+                f"stopped after {_attempts(attempt)}: the budget timed out during "
+                f"the {_fmt_ms(delay)} delay before attempt {attempt + 1}",
+            )
+
+
+def _current_budget() -> ExecutionBudget | None:
+    """The current budget of whichever core is running one here."""
+    for name in ("fastpath._budget", "fastpath._budget_py"):
+        core = sys.modules.get(name)
+        if core is not None:
+            budget = core.current_budget()
+            if budget is not None:
+                return budget  # type: ignore[no-any-return]
+    return None
+
+
+def _check_callable(fn: Any, entry: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"RetryPolicy.{entry}() needs a callable fn, got {fn!r}")
+
+
+def _check_budget(budget: Any, entry: str) -> None:
+    if not (callable(getattr(budget, "remaining_ms", None))
+            and callable(getattr(budget, "is_timeout", None))):
+        raise TypeError(f"RetryPolicy.{entry}() needs an ExecutionBudget as budget, "
+                        f"got {budget!r}")
+
+
+def _not_awaitable(fn: Any, result: T, entry: str) -> T:
+    if hasattr(type(result), "__await__"):
+        close = getattr(result, "close", None)
+        if close is not None and not hasattr(result, "add_done_callback"):
+            close()
+        raise TypeError(f"RetryPolicy.{entry}() ran {fn!r}, which returned an awaitable; "
+                        f"use {entry}_async() for coroutines")
+    return result
 
 
 def _give_up(exc: Exception, why: str) -> NoReturn:

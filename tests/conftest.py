@@ -36,7 +36,7 @@ def make_namespace(kind: str) -> types.SimpleNamespace:
     ns = types.SimpleNamespace(kind=kind, core=core, histogram=histogram)
     for name in ("ExecutionConstraints", "ExecutionBudget", "ExecutionStats",
                  "set_preemption", "preemption_info", "_reseed_sampler",
-                 "uninterruptible"):
+                 "uninterruptible", "current_budget"):
         setattr(ns, name, getattr(core, name))
     ns.LatencyHistogram = histogram.LatencyHistogram
     for name in errors.__all__ + ["ExecutionInterrupted"]:

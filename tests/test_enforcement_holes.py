@@ -319,9 +319,11 @@ def test_no_call_over_its_cpu_allowance_returns_clean_on_a_loaded_machine(fp):
                 c.create_budget().enforce(burn_cpu, 0.002)
                 clean.append(i)
             except fp.ConstraintViolation as exc:
+                if exc.interrupted:
+                    continue    # stopped by the runaway guard (2x the wall budget) first
                 assert fp.ConstraintViolationType.CPU_EXCEEDED in exc.violations, exc
                 assert exc.stats.cpu_time_measured
-                assert exc.stats.cpu_time_us >= 500
+                assert exc.stats.cpu_time_us >= 2000
     assert clean == [], f"{len(clean)} of 100 calls over their CPU allowance returned clean"
 
 
@@ -341,7 +343,10 @@ def test_a_short_sleep_under_a_tight_allowance_is_not_a_cpu_violation(fp):
     c = fp.ExecutionConstraints(50, cpu_shares=1)          # 0.5 ms of CPU
     for _ in range(50):
         b = c.create_budget()
-        b.enforce(time.sleep, 0.002)
+        try:
+            b.enforce(time.sleep, 0.002)
+        except fp.ConstraintViolation:
+            pass                # a loaded machine can make it late: only CPU matters here
         assert fp.ConstraintViolationType.CPU_EXCEEDED not in b.get_violations(), b.stats()
 
 

@@ -260,3 +260,25 @@ def test_bad_arguments_are_invalid_configuration(fp, kwargs, match):
         otel.instrument(enforcer(fp), **kwargs)
     with pytest.raises(fp.InvalidConfiguration, match="ConstraintEnforcer"):
         otel.instrument(object())
+
+
+def test_an_async_violated_call_is_a_span_under_the_tasks_span(fp, telemetry):
+    import asyncio
+
+    e = enforcer(fp)
+    telemetry.instrument(e)
+    tracer = telemetry.tracer_provider.get_tracer("app")
+
+    async def slow():
+        await asyncio.sleep(0.12)
+
+    async def main():
+        with tracer.start_as_current_span("request") as parent:
+            await e.execute_async(fp.RuleType.SEMANTIC, slow)
+            return parent
+
+    parent = asyncio.run(main())
+    (span,) = telemetry.spans()
+    assert span.parent.span_id == parent.get_span_context().span_id
+    assert span.attributes["fastpath.outcome"] == "fallback"
+    assert span.attributes["fastpath.violations"] == ("timeout_exceeded",)
