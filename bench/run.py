@@ -297,6 +297,19 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
                 x <= 1.5, x)
     add("15", "same workload inside an active memory-limited budget", memory_row, "≤ 1.5×")
 
+    def unchanged(key: str):
+        def compute():
+            base = r.ns("execute", "compiled")
+            observed = r.ns(key, "compiled")
+            x = observed / base
+            return (f"{fmt_x(x)} ({fmt_ns(observed)} vs {fmt_ns(base)} uninstrumented)",
+                    x <= 1.05, x)
+        return compute
+    add("16", "`execute_with_constraints(FAST, f)` with an `EnforcerCollector` registered",
+        unchanged("execute_prometheus"), "≤ 1.05× uninstrumented")
+    add("17", "same, after `fastpath.otel.instrument(enforcer, spans=\"violations\")`",
+        unchanged("execute_otel_violations"), "≤ 1.05× uninstrumented")
+
     # -- reference rows (no goal) ---------------------------------------------
     refs: list[Goal] = []
 
@@ -332,6 +345,12 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
         lambda: (f"p99 {twin['p99_ns'] / 1e3:,.0f} µs (median {twin['median_ns'] / 1e3:,.0f} µs, "
                  f"max {twin['max_ns'] / 1e3:,.0f} µs, n={twin['n']})"),
         "the twin's watchdog is a Python thread: up to a switch interval late")
+    ref("`execute_with_constraints(FAST, f)` after `otel.instrument(..., spans=\"all\")` "
+        "(OpenTelemetry SDK, span processor that drops)",
+        lambda: (f"{fmt_ns(r.ns('execute_otel_all', 'compiled'))} per call, "
+                 f"{fmt_x(r.ns('execute_otel_all', 'compiled') / r.ns('execute', 'compiled'))}"
+                 f" the uninstrumented call ({fmt_ns(r.ns('execute', 'compiled'))})"),
+        "opt-in: a span per call costs what the SDK costs")
     for threads in (1, 2):
         for impl in ("compiled", "python"):
             ref(f"enforcer throughput, {threads} thread{'s' if threads > 1 else ''}, {impl}",
@@ -389,6 +408,11 @@ OPERATIONS: list[tuple[str, str, str, list[str]]] = [
      ["func_timeout"]),
     ("execute_with_constraints(FAST, f)", "execute", "overhead", ["pybreaker"]),
     ("@constrained(FAST) wrapper", "constrained", "overhead", []),
+    ("execute_with_constraints(FAST, f), EnforcerCollector registered", "execute_prometheus",
+     "overhead", []),
+    ("execute_with_constraints(FAST, f), otel spans=violations", "execute_otel_violations",
+     "overhead", []),
+    ("execute_with_constraints(FAST, f), otel spans=all", "execute_otel_all", "overhead", []),
     ("retry success path: RetryPolicy(3, 10).execute(f)", "retry", "overhead",
      ["tenacity", "backoff", "stamina"]),
     ("histogram.record(v)", "record", "per call", ["hdrhistogram"]),

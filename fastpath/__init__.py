@@ -6,6 +6,7 @@ API gateway or agent guardrail runs millions of times a second.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ._impl import IMPLEMENTATION, core, histogram
@@ -22,6 +23,10 @@ from .errors import (
 from .retry import BackoffStrategy, RetryPolicy
 
 __version__ = "0.1.0"
+
+# The logging HOWTO for libraries: a NullHandler on the package logger, no other
+# configuration; the application decides where "fastpath" and "fastpath.audit" go.
+logging.getLogger("fastpath").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     # The typed pure-Python twin describes the compiled core exactly.

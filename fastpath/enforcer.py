@@ -4,7 +4,8 @@ The per-call work (sampling, budget, run, transient retries, the failure policy
 and the counters) is one call into the compiled core: ``execute_with_constraints``
 is inherited from ``_EnforcerCore``.  This module holds what is not per call:
 validating the configuration, building audit events, shaping metrics, the
-decorator.
+decorator.  The default audit sink and the per-rule-id counts are in
+``fastpath/audit.py``; ``from_config`` is in ``fastpath/config.py``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import enum
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, TypeVar
+import weakref
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 from . import _config
 from ._impl import core as _core
+from .audit import AuditLogSink, RuleAuditCounts, check_rate, describe_event, limit_fields
 from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
 
 __all__ = ["AuditEvent", "ConstraintEnforcer", "RuleType"]
@@ -61,6 +65,8 @@ class AuditEvent:
     timestamp: _dt.datetime
     outcome: str
     interrupted: bool
+    #: The ExecutionConstraints the call ran under (its limits), or None.
+    constraints: Any = None
 
     def as_log_extra(self) -> Dict[str, Any]:
         """The fields as a flat dict for ``logging``'s ``extra=``."""
@@ -75,19 +81,14 @@ class AuditEvent:
             "memory_used_bytes": None if self.stats is None else self.stats.memory_used_bytes,
             "cpu_time_us": None if self.stats is None else self.stats.cpu_time_us,
             "audit_timestamp": self.timestamp.isoformat(),
+            **limit_fields(self.constraints),
         }
 
 
 def log_audit_event(event: AuditEvent) -> None:
-    """The default audit sink: the ``fastpath.audit`` logger at WARNING."""
-    audit_logger.warning(
-        "constraint violation: %s rule %s %s (%s)",
-        event.rule_type.value,
-        event.rule_id,
-        "+".join(v.name for v in event.violations),
-        event.outcome,
-        extra=event.as_log_extra(),
-    )
+    """An audit sink that logs every event to ``fastpath.audit`` at WARNING,
+    without a rate limit (the default sink is ``fastpath.audit.AuditLogSink``)."""
+    audit_logger.warning("%s", describe_event(event), extra=event.as_log_extra())
 
 
 _RULE_ORDER = (RuleType.FAST, RuleType.SEMANTIC, RuleType.WASM_HOOK, RuleType.OBSERVATIONAL)
@@ -124,10 +125,20 @@ class _EnforcerAPI:
         fallbacks: Optional[Mapping[RuleType, Any]] = None,
         transient_errors: Tuple[Type[BaseException], ...] = _DEFAULT_TRANSIENT,
         preempt: bool = True,
+        audit_rate_per_s: Optional[float] = 10.0,
     ) -> None:
         if audit_sink is not None and not callable(audit_sink):
             raise InvalidConfiguration(f"audit_sink must be callable or None, got {audit_sink!r}")
-        self._audit_sink = audit_sink if audit_sink is not None else log_audit_event
+        if audit_sink is None:
+            audit_sink = AuditLogSink(audit_rate_per_s)
+        else:
+            check_rate("audit_rate_per_s", audit_rate_per_s)   # applies to the default sink
+        self._audit_sink = audit_sink
+        self._audit_counts = RuleAuditCounts()
+        # Called with each AuditEvent before the sink (fastpath.otel's spans).
+        self._audit_hooks: Tuple[Callable[[AuditEvent], Any], ...] = ()
+        # The wrappers made by constrained() (see fastpath.otel).
+        self._decorated: "weakref.WeakSet[Callable[..., Any]]" = weakref.WeakSet()
         self._fallbacks = _check_fallbacks(fallbacks)
         self._transient = _check_transient(transient_errors)
         self._preempt = _config.check_bool("preempt", preempt)
@@ -155,6 +166,18 @@ class _EnforcerAPI:
         enforcer = cls(**kwargs)
         enforcer._configure(given)
         return enforcer
+
+    @classmethod
+    def from_config(cls: Type[E], source: Union[Mapping[str, Any], str, "os.PathLike[str]"]
+                    ) -> E:
+        """An enforcer from a mapping or a TOML file (see the README's "Configuration").
+
+        Unknown keys and bad values raise ``InvalidConfiguration`` naming the
+        key path and the value.
+        """
+        from .config import load_config
+
+        return load_config(source).build(cls)  # type: ignore[no-any-return]
 
     def _configure(self, profiles: Mapping[RuleType, Any]) -> None:
         rules = tuple(
@@ -205,6 +228,9 @@ class _EnforcerAPI:
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return execute_as(rule_type, rid, fn, *args, **kwargs)
 
+            # fastpath.otel.instrument(spans="all") rebinds the wrapper's
+            # execute_as cell (a per-call attribute lookup would cost ~30 %).
+            self._decorated.add(wrapper)
             return wrapper  # type: ignore[return-value]
 
         return decorate
@@ -261,9 +287,16 @@ class _EnforcerAPI:
             timestamp=_dt.datetime.now(_dt.timezone.utc),
             outcome=outcome,
             interrupted=violation.interrupted,
+            constraints=self._rule_state(rule_type).constraints,
         )
+        self._audit_counts.record(event)
+        for hook in self._audit_hooks:
+            self._call_sink(hook, event)
+        self._call_sink(self._audit_sink, event)
+
+    def _call_sink(self, sink: Callable[[AuditEvent], Any], event: AuditEvent) -> None:
         try:
-            self._audit_sink(event)
+            sink(event)
         except Exception:  # noqa: BLE001 - a sink never changes the rule's outcome
             with self._audit_failure_lock:
                 self._audit_failures += 1
@@ -271,7 +304,7 @@ class _EnforcerAPI:
             if first:
                 _logger.exception(
                     "fastpath audit sink %r raised; later failures are counted in "
-                    "ConstraintEnforcer.audit_failures, not logged", self._audit_sink
+                    "ConstraintEnforcer.audit_failures, not logged", sink
                 )
 
     @property
@@ -279,18 +312,63 @@ class _EnforcerAPI:
         """How many times the audit sink raised."""
         return self._audit_failures
 
+    @property
+    def audit_sink(self) -> Callable[[AuditEvent], Any]:
+        """The audit sink in use (an ``AuditLogSink`` unless one was given)."""
+        return self._audit_sink
+
     # -- metrics ----------------------------------------------------------------
-    def metrics(self) -> Dict[RuleType, Dict[str, Any]]:
-        """Counters per rule type (see the README's "Metrics")."""
-        out: Dict[RuleType, Dict[str, Any]] = {}
+    def metrics(self, *, json: bool = False) -> Dict[Any, Dict[str, Any]]:
+        """Counters per rule type (see the README's "Metrics").
+
+        ``json=True``: the same figures with string keys (``"fast"``,
+        ``"TIMEOUT_EXCEEDED"``) and plain values, ready for ``json.dumps``.
+        """
+        out: Dict[Any, Dict[str, Any]] = {}
         for rule_type in _RULE_ORDER:
             state = self._rule_state(rule_type)
             *counts, by_kind = state.counters()
             entry: Dict[str, Any] = dict(zip(_COUNTER_NAMES, counts, strict=True))
-            entry["violations"] = {ConstraintViolationType(k): n for k, n in by_kind.items()}
-            entry["latency"] = state.histogram.summary()
-            out[rule_type] = entry
+            kinds = [ConstraintViolationType(k) for k in by_kind]
+            if json:
+                entry["violations"] = {k.name: n for k, n in zip(kinds, by_kind.values(),
+                                                                 strict=True)}
+                entry["latency"] = dict(state.histogram.summary())
+                out[rule_type.value] = entry
+            else:
+                entry["violations"] = dict(zip(kinds, by_kind.values(), strict=True))
+                entry["latency"] = state.histogram.summary()
+                out[rule_type] = entry
         return out
+
+    def audit_metrics(self, *, json: bool = False) -> Dict[str, Any]:
+        """Audited (violated) calls, per rule id, and what the sink did with them.
+
+        ``events``: every audit event; ``sink_failures``: sink calls that
+        raised; ``logged`` / ``suppressed`` / ``summaries``: lines the default
+        sink wrote, events its rate limit left out, summary lines (``None``
+        with a custom sink); ``rules``: ``{rule type: {rule id: {"events": n,
+        "outcomes": {"deny": n, "fallback": n, "error": n}, "violations":
+        {kind: n}}}}`` for the first 1,000 rule ids seen, later ones under
+        ``"__other__"``.  ``json=True``: string keys throughout.
+        """
+        sink = self._audit_sink
+        rules: Dict[Any, Dict[str, Any]] = {}
+        for rule_type, rule_id, events, outcomes, kinds in self._audit_counts.rows():
+            per_type = rules.setdefault(rule_type.value if json else rule_type, {})
+            per_type[rule_id] = {
+                "events": events,
+                "outcomes": outcomes,
+                "violations": {k.name: n for k, n in kinds.items()} if json else kinds,
+            }
+        return {
+            "events": self._audit_counts.events,
+            "sink_failures": self._audit_failures,
+            "logged": sink.logged if isinstance(sink, AuditLogSink) else None,
+            "suppressed": sink.suppressed if isinstance(sink, AuditLogSink) else None,
+            "summaries": sink.summaries if isinstance(sink, AuditLogSink) else None,
+            "rules": rules,
+        }
 
     def latency_histogram(self, rule_type: RuleType) -> Any:
         """The LatencyHistogram of ``rule_type`` (live: it keeps recording)."""
@@ -300,6 +378,7 @@ class _EnforcerAPI:
         """Set every counter to zero and empty the latency histograms."""
         for rule_type in _RULE_ORDER:
             self._rule_state(rule_type).reset()
+        self._audit_counts.reset()
 
     def __repr__(self) -> str:
         return f"<ConstraintEnforcer preempt={self._preempt} sink={self._audit_sink!r}>"
@@ -313,8 +392,10 @@ class ConstraintEnforcer(_EnforcerAPI, _core._EnforcerCore):  # type: ignore[mis
     four presets: ``fast_rule()``, ``semantic_rule()``, ``wasm_hook(10)``,
     ``observational(1.0)``.
 
-    * ``audit_sink``: a callable taking an ``AuditEvent``; default: the
-      ``fastpath.audit`` logger at WARNING, fields in ``extra=``.  A sink that
+    * ``audit_sink``: a callable taking an ``AuditEvent``; default: an
+      ``AuditLogSink`` writing to the ``fastpath.audit`` logger at WARNING, at
+      most ``audit_rate_per_s`` events per rule id per second (``None``: no
+      limit), figures in the message and fields in ``extra=``.  A sink that
       raises is reported once through the ``fastpath`` logger and never changes
       the rule's outcome.
     * ``fallbacks``: ``RuleType`` -> the value returned when a fail-open rule

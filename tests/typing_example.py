@@ -67,3 +67,9 @@ def p99_of(samples_ns: list[int]) -> int | None:
     mean: float | None = summary["mean_ns"]
     print(hist.count, mean, summary["clamped_high"], hist.counts().sum())
     return hist.percentile(99)
+
+
+configured: ConstraintEnforcer = ConstraintEnforcer.from_config(
+    {"profiles": {"fast": {"max_exec_ms": 2}}, "audit": {"rate_per_s": 5}})
+as_json: dict[str, dict[str, object]] = configured.metrics(json=True)
+audited: int = configured.audit_metrics()["events"]
