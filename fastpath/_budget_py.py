@@ -340,6 +340,7 @@ class _Slot:
         "armed_gen",
         "interrupt_at",
         "cpu",
+        "cpu_gens",
         "next_gen",
         "depth",
         "reset_gen",
@@ -359,6 +360,7 @@ class _Slot:
         self.interrupt_at = NEVER
         # CPU watches, outermost first: (gen, limit_ns, interrupt, cpu_at_start)
         self.cpu: Tuple[Tuple[int, int, bool, int], ...] = ()
+        self.cpu_gens: Tuple[int, ...] = ()     # the watches' gens (a membership test, no call)
         self.next_gen = 0
         self.depth = 0              # enforce() calls open on this thread
         self.reset_gen = 0          # calls armed up to this gen were cleared by a reset
@@ -408,7 +410,7 @@ def _fire(slot: _Slot, gen: int, kind: int, due: int) -> None:
     # No call between the check and the injection: the owner cannot run (and
     # disarm) in between, because the GIL is only handed over at a call or a
     # backward jump.
-    if slot.armed_gen == gen or gen in [w[0] for w in slot.cpu]:
+    if slot.armed_gen == gen or gen in slot.cpu_gens:
         _set_async_exc(slot.ident, _INTERRUPT)
         _fires += 1
 
@@ -802,6 +804,7 @@ class ExecutionBudget:
             slot.armed_gen = gen
         if allowance is not None:
             slot.cpu = slot.cpu + ((gen, left, stop_it, cpu_start),)
+            slot.cpu_gens = slot.cpu_gens + (gen,)
         if current:
             slot.current = self
         self._stop_ns = 0
@@ -813,12 +816,13 @@ class ExecutionBudget:
         except BaseException as exc:
             if slot.depth == depth and gen > slot.reset_gen:
                 slot.armed_gen, slot.interrupt_at, slot.current = saved
-                slot.cpu = slot.cpu[:n_cpu]
+                slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
                 slot.depth = depth - 1
             elif gen > slot.reset_gen:
                 # Calls returned out of order (greenlets): forget everything
                 # armed here and stop interrupting calls on this thread.
                 slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+                slot.cpu_gens = ()
                 slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
             fired = slot.fire_gen == gen
             if fired:
@@ -843,10 +847,11 @@ class ExecutionBudget:
             raise
         if slot.depth == depth and gen > slot.reset_gen:
             slot.armed_gen, slot.interrupt_at, slot.current = saved
-            slot.cpu = slot.cpu[:n_cpu]
+            slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
             slot.depth = depth - 1
         elif gen > slot.reset_gen:
             slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+            slot.cpu_gens = ()
             slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
         fired = slot.fire_gen == gen
         if fired:
@@ -965,6 +970,7 @@ class _SyncScope:
             slot.armed_gen = gen
         if allowance is not None:
             slot.cpu = slot.cpu + ((gen, left, self.stop_it, cpu_start),)
+            slot.cpu_gens = slot.cpu_gens + (gen,)
         slot.current = budget
         budget._stop_ns = 0
         self.outer = (budget._gen, budget._cpu_start)
@@ -975,10 +981,11 @@ class _SyncScope:
         slot, gen, budget = self.slot, self.gen, self.budget
         if slot.depth == self.depth and gen > slot.reset_gen:
             slot.armed_gen, slot.interrupt_at, slot.current = self.saved
-            slot.cpu = slot.cpu[:self.n_cpu]
+            slot.cpu, slot.cpu_gens = slot.cpu[:self.n_cpu], slot.cpu_gens[:self.n_cpu]
             slot.depth = self.depth - 1
         elif gen > slot.reset_gen:
             slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+            slot.cpu_gens = ()
             slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
         fired = slot.fire_gen == gen
         if fired:

@@ -665,7 +665,7 @@ static int fp_thread_in_critical(unsigned long ident)
 {
     PyThreadState *ts;
     PyFrameObject *frame;
-    int hit;
+    int hit, gc_was;
     for (ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main()); ts != NULL;
          ts = PyThreadState_Next(ts)) {
         if (ts->thread_id == ident)
@@ -673,11 +673,14 @@ static int fp_thread_in_critical(unsigned long ident)
     }
     if (ts == NULL)
         return 0;
+    /* No garbage collection (and so no finalizer, which could let the target
+     * run) while frame objects are made for the look. */
+    gc_was = PyGC_Disable();
     frame = PyThreadState_GetFrame(ts);
-    if (frame == NULL)
-        return 0;
-    hit = fp_frame_is_critical((PyObject *)frame);
-    Py_DECREF(frame);
+    hit = frame != NULL && fp_frame_is_critical((PyObject *)frame);
+    Py_XDECREF(frame);
+    if (gc_was)
+        PyGC_Enable();
     return hit;
 }
 
@@ -696,6 +699,22 @@ static int fp_sig_py_handler_is_ours(void)
     ours = (h == fp_sig_py_handler);
     Py_DECREF(h);
     return ours;
+}
+
+/* GIL held: is generation g still armed on the slot?  Then the owner, which
+ * cannot run while we hold the GIL, is inside that very call. */
+static inline int fp_fire_valid(const fp_slot *s, uint64_t g)
+{
+    int k;
+    if (!s->in_use || s->unordered)
+        return 0;
+    if (s->armed_gen == g)
+        return 1;
+    for (k = 0; k < s->n_cpu; k++) {
+        if (s->cpu[k].gen == g)
+            return 1;
+    }
+    return 0;
 }
 
 /* Deliver to threads that need the GIL (every thread but a main thread the
@@ -723,17 +742,8 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
     for (i = 0; i < n; i++) {
         fp_slot *s = fires[i].slot;
         uint64_t g = fires[i].gen;
-        int k;
-        /* Under the GIL the owner cannot be between its checks: if the
-         * generation is still armed, the interrupt is for this very call. */
-        if (!s->in_use || s->unordered)
+        if (!fp_fire_valid(s, g))
             continue;
-        if (s->armed_gen != g) {
-            for (k = 0; k < s->n_cpu && s->cpu[k].gen != g; k++) {
-            }
-            if (k == s->n_cpu)
-                continue;
-        }
         if (s->is_main && s->delivered && s->fire_gen == g)
             continue;           /* the signal handler got there first */
         if (s->is_main && s->sig_sent_ns && fp_sig_route == FP_ROUTE_OURS
@@ -744,6 +754,12 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
             fp_wd_deferrals++;
             continue;
         }
+        /* The checks above call into the interpreter (a frame object, a
+         * garbage collection, signal.getsignal), which can let the owner run
+         * and finish its call: validate again, with nothing in between and
+         * the injection. */
+        if (!fp_fire_valid(s, g))
+            continue;
         s->fire_kind = fires[i].kind;
         s->fire_ns = fires[i].due_ns;
         if (!(s->is_main && fp_sig_route == FP_ROUTE_OURS)) {
