@@ -41,6 +41,9 @@ STEP_TIMEOUT=${MATRIX_STEP_TIMEOUT:-3600}
 STEPS=${MATRIX_STEPS:-"build test selftest bench"}
 OUT=$ROOT/.matrix
 CHROOT=$CACHE/chroot/sid
+# The newest numpy may ship no wheel for an interpreter (numpy 2.5 has none for
+# 3.13t; 2.4.6 does): take the newest wheel rather than a 15-minute source build.
+export PIP_PREFER_BINARY=${PIP_PREFER_BINARY:-1}
 
 BUILD_DEPS="build-essential pkg-config libssl-dev zlib1g-dev libbz2-dev libreadline-dev
 libsqlite3-dev libffi-dev liblzma-dev uuid-dev libgdbm-dev libgdbm-compat-dev tk-dev
@@ -297,8 +300,21 @@ summarise() {             # one line about a step's log
             else
                 echo "no goal table"
             fi ;;
-        *)  grep -m1 -iE 'error|warning' "$log" | cut -c1-160 || true ;;
+        build)
+            line=$(vpy "$tag" 'import sysconfig, os, numpy
+so = "fastpath/_budget" + sysconfig.get_config_var("EXT_SUFFIX")
+print(so if os.path.exists(so) else "no " + so, "| numpy", numpy.__version__)' 2>/dev/null)
+            echo "${line:-$(grep -m1 -E 'error:|ERROR' "$log" | cut -c1-160)}" ;;
+        *)  true ;;
     esac
+}
+
+vpy() {                   # run Python code with a version's venv (in the chroot for 3.14-deb)
+    if [ "$1" = 3.14-deb ]; then
+        bash "$ROOT/tools/matrix.sh" --in-chroot ".venv-$1/bin/python -c $(printf '%q' "$2")"
+    else
+        (cd "$ROOT" && ".venv-$1/bin/python" -c "$2")
+    fi
 }
 
 run_version() {
