@@ -44,6 +44,11 @@ CHROOT=$CACHE/chroot/sid
 # The newest numpy may ship no wheel for an interpreter (numpy 2.5 has none for
 # 3.13t; 2.4.6 does): take the newest wheel rather than a 15-minute source build.
 export PIP_PREFER_BINARY=${PIP_PREFER_BINARY:-1}
+# Per-version pip constraints (MATRIX_CONSTRAINTS_<tag>, "." and "-" as "_"),
+# for the dependencies that cannot install there.  3.13t: mypy >= 1.19 needs
+# librt and ast-serialize, which ship no cp313t wheel (a source build needs Rust
+# and crates.io); mypy 1.18.2 is pure Python.
+MATRIX_CONSTRAINTS_3_13t=${MATRIX_CONSTRAINTS_3_13t-"mypy<1.19"}
 
 BUILD_DEPS="build-essential pkg-config libssl-dev zlib1g-dev libbz2-dev libreadline-dev
 libsqlite3-dev libffi-dev liblzma-dev uuid-dev libgdbm-dev libgdbm-compat-dev tk-dev
@@ -286,10 +291,11 @@ summarise() {             # one line about a step's log
         test)
             line=$(grep -E '^(=+ )?[0-9]+ (passed|failed)|^(=+ )?[0-9]+ errors? |no tests ran' "$log" \
                    | tail -1 | sed -E 's/^=+ //; s/ =+$//')
+            [ -n "$line" ] || line="no pytest summary: $(grep -m1 -E '^E   |^ImportError|^ERROR' "$log" | cut -c1-150)"
             grep -q 'Fatal Python error' "$log" && line="$line; $(grep -m1 'Fatal Python error' "$log")"
-            echo "${line:-no pytest summary}" ;;
+            echo "$line" ;;
         selftest)
-            line=$(grep -iE 'selftest|checks? (passed|failed)|^(ok|fail)' "$log" | tail -1)
+            line="$(grep -cE '^  PASS ' "$log") PASS, $(grep -cE '^  FAIL ' "$log") FAIL; $(grep -E '^  (OK|FAILED)' "$log" | tail -1 | sed 's/^ *//')"
             grep -q 'Fatal Python error' "$log" && line="$line; $(grep -m1 'Fatal Python error' "$log")"
             echo "${line:-see log}" ;;
         bench)
@@ -362,6 +368,14 @@ run_version() {
     fi
     RESULT[$tag,interpreter]=0
     echo "   ${PYINFO[$tag]}"
+    local cvar="MATRIX_CONSTRAINTS_${tag//[.-]/_}"
+    if [ -n "${!cvar:-}" ]; then
+        printf '%s\n' ${!cvar} > "$OUT/$tag/constraints.txt"
+        echo "   pip constraints ($cvar): ${!cvar}"
+        export PIP_CONSTRAINT=$OUT/$tag/constraints.txt
+    else
+        unset PIP_CONSTRAINT
+    fi
     for step in $STEPS; do
         case "$step" in
             build) run_step "$tag" build "${mk[@]}" build || break ;;  # nothing else can run
