@@ -223,6 +223,8 @@ ensure_chroot() {
 in_chroot() {
     cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
     [ -f /etc/pip.conf ] && cp /etc/pip.conf "$CHROOT/etc/pip.conf"
+    # the host's CA bundle (it may hold a local proxy's CA the chroot's lacks)
+    cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$CHROOT/etc/fastpath-host-ca.crt"
     mkdir -p "$CHROOT$ROOT"
     unshare --mount --propagation private bash -c '
         set -e
@@ -230,7 +232,8 @@ in_chroot() {
         mount --bind /proc "$R/proc"; mount --bind /dev "$R/dev"; mount --bind "$W" "$R$W"
         exec chroot "$R" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin \
             LANG=C.UTF-8 ${PIP_DEFAULT_TIMEOUT:+PIP_DEFAULT_TIMEOUT=$PIP_DEFAULT_TIMEOUT} \
-            PIP_DISABLE_PIP_VERSION_CHECK=1 bash -c "cd \"$W\" && $*"
+            PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CERT=/etc/fastpath-host-ca.crt \
+            SSL_CERT_FILE=/etc/fastpath-host-ca.crt bash -c "cd \"$W\" && $*"
     ' bash "$CHROOT" "$ROOT" "$@"
 }
 
