@@ -242,10 +242,12 @@ in_chroot() {
 # missing pip bootstraps from its own wheel (downloaded with the machine's pip).
 ensure_venv() {
     local py=$1 venv=$2 whl
+    local want
+    want=$("$py" -c 'import os, sys; print(os.path.realpath(sys.executable))')
     if [ -x "$venv/bin/python" ] && "$venv/bin/python" -m pip --version >/dev/null 2>&1 \
-        && [ "$("$venv/bin/python" -c 'import sys; print(sys._base_executable)' 2>/dev/null)" \
-             = "$("$py" -c 'import sys; print(sys.executable)')" ]; then
-        return 0
+        && [ "$("$venv/bin/python" -c 'import os, sys; print(os.path.realpath(sys._base_executable))' \
+                2>/dev/null)" = "$want" ]; then
+        return 0            # the venv is this interpreter's: keep it (and its stamps)
     fi
     rm -rf "$venv"
     rm -f "$ROOT"/.stamp-"${venv#"$ROOT"/.venv-}"-*
@@ -278,7 +280,8 @@ run_step() {
     timeout --kill-after=60 "$STEP_TIMEOUT" "$@" > "$log" 2>&1
     rc=$?
     # make turns the command's status into its own 2: take the real one back
-    real=$(grep -oE '^make: \*\*\* \[[^]]*\] Error [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$')
+    real=$(grep -oE '^make(\[[0-9]+\])?: \*\*\* \[[^]]*\] (Error [0-9]+|Aborted)' "$log" | tail -1 \
+           | sed -E 's/.*Error ([0-9]+)$/\1/; s/.*Aborted$/134/')
     [ -n "$real" ] && [ "$rc" = 2 ] && rc=$real
     [ "$rc" = 124 ] && echo "matrix: timed out after ${STEP_TIMEOUT}s" >> "$log"
     tail -n 4 "$log" | sed 's/^/   | /'
