@@ -6,14 +6,24 @@
 #   make asan       rebuild with ASan+UBSan, run the suite
 #   make annotate   Cython's HTML annotation of the core (fastpath/_budget.html)
 #   make lint       ruff + cython-lint + mypy --strict on the typing example
+#   make matrix     the suite, selftest and bench goal table on CPython 3.11, 3.13,
+#                   3.14 and free-threaded 3.14t (tools/matrix.sh; builds and caches
+#                   the interpreters in ~/.cache/fastpath/cpython)
+#
+# Another interpreter in its own venv: make VENV=.venv-3.13 PYTHON=/path/python3.13 test
+# (each venv has its own stamps; the compiled modules carry the ABI in their names).
 
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h) setup.py pyproject.toml
+# Stamps per venv: .stamp-deps for .venv, .stamp-3.13-deps for .venv-3.13, ...
+STAMP := .stamp$(if $(filter .venv,$(notdir $(VENV))),,-$(patsubst .venv-%,%,$(notdir $(VENV))))
+# Arguments for bench/run.py (e.g. BENCH_ARGS=--quick).
+BENCH_ARGS ?=
 
-.PHONY: test selftest bench debug asan annotate lint clean
+.PHONY: build test selftest bench debug asan annotate lint matrix clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -21,57 +31,63 @@ $(BIN)/activate:
 
 # Dependencies come from pyproject.toml only: the editable install builds the
 # extension in place (PEP 660) and installs the [test] extra.
-.stamp-deps: $(BIN)/activate pyproject.toml setup.py
+$(STAMP)-deps: $(BIN)/activate pyproject.toml setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 # Rebuild after a source change (a no-op when the build is fresh).
-.stamp-build: .stamp-deps $(SOURCES)
+$(STAMP)-build: $(STAMP)-deps $(SOURCES)
 	$(PY) setup.py --quiet build_ext --inplace
 	touch $@
 
-test: .stamp-build
+build: $(STAMP)-build
+
+test: $(STAMP)-build
 	$(PY) -m pytest -q
 
-selftest: .stamp-build
+selftest: $(STAMP)-build
 	$(PY) -m fastpath.selftest
 
-.stamp-bench-deps: .stamp-deps pyproject.toml
+$(STAMP)-bench-deps: $(STAMP)-deps pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
-bench: .stamp-build .stamp-bench-deps
-	$(PY) bench/run.py
+bench: $(STAMP)-build $(STAMP)-bench-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The debug and sanitizer builds replace the extension in place; both put the
 # release build back afterwards, pass or fail.
-debug: .stamp-deps
-	rm -f .stamp-build
+debug: $(STAMP)-deps
+	rm -f $(STAMP)-build
 	FASTPATH_DEBUG_BUILD=1 $(PY) setup.py --quiet build_ext --inplace --force
 	$(PY) -m pytest -q; status=$$?; \
-	    $(PY) setup.py --quiet build_ext --inplace --force && touch .stamp-build; exit $$status
+	    $(PY) setup.py --quiet build_ext --inplace --force && touch $(STAMP)-build; exit $$status
 
 # ASan+UBSan on the extension (the interpreter itself is not instrumented, so
 # the runtime is preloaded).  Leak detection is off: CPython keeps memory
 # alive until exit by design.
-asan: .stamp-deps
-	rm -f .stamp-build
+asan: $(STAMP)-deps
+	rm -f $(STAMP)-build
 	FASTPATH_SANITIZE=1 $(PY) setup.py --quiet build_ext --inplace --force
 	FASTPATH_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	    $(PY) -m pytest -q -p no:cacheprovider; status=$$?; \
-	    $(PY) setup.py --quiet build_ext --inplace --force && touch .stamp-build; exit $$status
+	    $(PY) setup.py --quiet build_ext --inplace --force && touch $(STAMP)-build; exit $$status
 
-annotate: .stamp-deps
+annotate: $(STAMP)-deps
 	FASTPATH_ANNOTATE=1 $(PY) setup.py --quiet build_ext --inplace --force
 	@echo "wrote fastpath/_budget.html"
 
-lint: .stamp-deps
+lint: $(STAMP)-deps
 	$(PY) -m pip install --quiet ruff cython-lint pycodestyle
 	$(BIN)/ruff check fastpath tests bench
 	PATH=$(BIN):$$PATH $(BIN)/cython-lint fastpath/*.pyx
 	$(PY) -m mypy
+
+# Not part of CI (.ci/run): see tools/matrix.sh for the variables it reads.
+matrix:
+	bash tools/matrix.sh
 
 clean:
 	rm -rf build dist *.egg-info fastpath/*.c fastpath/*.so fastpath/*.html .stamp-* .pytest_cache
