@@ -917,6 +917,9 @@ def _is_awaitable(obj: Any) -> bool:
     return hasattr(type(obj), "__await__")
 
 
+_awaitable = _is_awaitable      # the name both cores export
+
+
 def _refuse_awaitable(fn: Any, result: Any, entry: str) -> None:
     close = getattr(result, "close", None)
     if close is not None and not hasattr(result, "add_done_callback"):

@@ -40,7 +40,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
+from ._impl import core as _core
 from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
+
+_awaitable: Callable[[Any], bool] = _core._awaitable   # a type-slot test in the compiled core
 
 if TYPE_CHECKING:  # pragma: no cover
     # The typed twin describes both cores' budgets.
@@ -355,13 +358,15 @@ class RetryPolicy:
         that the current budget cannot cover, as with ``execute_within``.
         ``fn`` must be a plain callable: coroutines go to ``execute_async``.
         """
-        _check_callable(fn, "execute")
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - retry_on filters it
+            _check_callable(fn, "execute")      # None and the like: say so, never retry
             failure = exc
         else:
-            return _not_awaitable(fn, result, "execute")
+            if result is not None and _awaitable(result):
+                _not_awaitable(fn, result, "execute")
+            return result
         # Outside the except block: the next attempts' exceptions get no
         # __context__ from this one.
         try:
@@ -523,7 +528,7 @@ def _check_budget(budget: Any, entry: str) -> None:
 
 
 def _not_awaitable(fn: Any, result: T, entry: str) -> T:
-    if hasattr(type(result), "__await__"):
+    if result is not None and _awaitable(result):
         close = getattr(result, "close", None)
         if close is not None and not hasattr(result, "add_done_callback"):
             close()
