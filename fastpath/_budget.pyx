@@ -5,7 +5,7 @@
 # path and shares its logic with the pure-Python twin through fastpath._config.
 cimport cython
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 import atexit as _atexit
@@ -106,6 +106,8 @@ cdef extern from "_fp_runtime.h":
     PySendResult fp_run_step(fp_slot *s, fp_saved *sv, uint64_t gen, int mem_on,
                              fp_mem_session *mem_out, object it, PyObject *arg, PyObject *exc,
                              PyObject **result)
+    ctypedef PySendResult (*fp_sendfunc)(PyObject *, PyObject *, PyObject **) except PYGEN_ERROR
+    void fp_install_am_send(type tp, fp_sendfunc fn) noexcept
     int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen) noexcept
     void fp_base_write(fp_slot *s, int64_t cpu, int64_t wall) noexcept
     int64_t fp_cpu_start_lo(const fp_slot *s, int cpu_idx, uint64_t gen, int64_t lo) noexcept
@@ -957,6 +959,7 @@ cdef class _Steps:
     cdef object timer           # the loop timer that cancels it at the deadline
     cdef bint started
     cdef bint done
+    cdef bint returned          # the last _step's value is the coroutine's result
     cdef bint cancelled         # our timer cancelled the task
 
     @staticmethod
@@ -981,10 +984,16 @@ cdef class _Steps:
         return self
 
     def __next__(self):
-        return self._step(None, None)
+        r = self._step(None, None)
+        if self.returned:
+            raise StopIteration(r)
+        return r
 
     def send(self, value):
-        return self._step(value, None)
+        r = self._step(value, None)
+        if self.returned:
+            raise StopIteration(r)
+        return r
 
     def throw(self, typ, val=None, tb=None):
         if val is None:
@@ -993,7 +1002,10 @@ cdef class _Steps:
             exc = val
         if tb is not None:
             exc = exc.with_traceback(tb)
-        return self._step(None, exc)
+        r = self._step(None, exc)
+        if self.returned:
+            raise StopIteration(r)
+        return r
 
     def close(self):
         if not self.done:
@@ -1056,7 +1068,8 @@ cdef class _Steps:
             result = _take(res)
             self._finish()
             _call_returned(b, &k, None, None)
-            raise StopIteration(result)
+            self.returned = True
+            return result
         yielded = _take(res)
         mask = _end_call(b, k.slot, &k.saved, k.gen, k.outer_gen, k.fn_start, k.cpu_start,
                          k.mem_on, &k.mem_out, &k.fired, &k.cpu_due)
@@ -1098,6 +1111,20 @@ cdef class _Steps:
         b.record_c(FP_TIMEOUT)
         b._raised = True
         raise b._violation(1 << FP_TIMEOUT, True, _judged(b._stop_ns, b._deadline_ns)) from cause
+
+
+cdef PySendResult _steps_am_send(PyObject *self, PyObject *arg,
+                                 PyObject **presult) except PYGEN_ERROR:
+    # tp_as_async.am_send of _Steps: `await` (the SEND opcode) resumes it through
+    # PyIter_Send, and its result comes back without a StopIteration.
+    cdef _Steps st = <_Steps>self
+    cdef object r = st._step(None if arg == NULL else <object>arg, None)
+    Py_INCREF(r)
+    presult[0] = <PyObject *>r
+    return PYGEN_RETURN if st.returned else PYGEN_NEXT
+
+
+fp_install_am_send(_Steps, _steps_am_send)
 
 
 cdef _close_quietly(object it):

@@ -1363,6 +1363,16 @@ static inline PySendResult fp_run_step(fp_slot *s, fp_saved *sv, uint64_t gen, i
     return r;
 }
 
+/* Give a type with __await__ an am_send slot (Cython does not make one):
+ * `await` then resumes it through PyIter_Send, and its return value needs no
+ * StopIteration. */
+typedef PySendResult (*fp_sendfunc)(PyObject *, PyObject *, PyObject **);
+static void fp_install_am_send(PyTypeObject *tp, fp_sendfunc fn)
+{
+    if (tp->tp_as_async != NULL)
+        tp->tp_as_async->am_send = fn;
+}
+
 /* Would awaiting be the way to use this (a coroutine, a future, ...)? */
 static inline int fp_is_awaitable(PyObject *o)
 {
