@@ -40,7 +40,7 @@ def burn_cpu(seconds: float) -> float:
     return seconds
 
 
-def in_thread(fn, *args, stack_size: int | None = None):
+def in_thread(fn, *args):
     box: dict[str, object] = {}
 
     def run() -> None:
