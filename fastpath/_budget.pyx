@@ -9,6 +9,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 import atexit as _atexit
+import gc as _gc
 import os as _os
 import signal as _signal
 import sys as _sys
@@ -27,6 +28,7 @@ from fastpath.errors import (
 cdef extern from "Python.h":
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
     bint PyCoro_CheckExact(object o)
+    unsigned long PyThread_get_thread_ident() nogil
 
 cdef extern from "_fp_runtime.h":
     ctypedef struct fp_mem_session:
@@ -132,6 +134,7 @@ cdef extern from "_fp_runtime.h":
     int fp_install_fastcall(type tp, const char *name, fp_fastcall_fn fn, const char *doc) except -1
     PyObject *fp_interrupt_type
     PyObject *fp_critical_files
+    unsigned long fp_gc_ident
     PyObject *fp_sig_py_handler
     PyObject *fp_sig_getsignal
     int fp_preempt_enabled
@@ -188,8 +191,17 @@ cdef int[3] _CHECK_ORDER = [1, 2, 3]
 cdef object _normalize = _config.normalize
 
 
+def _gc_phase(phase, info):
+    # The core's gc.callbacks entry: which thread runs a collection now (an
+    # interrupt for it is put off until its finalizers have run).
+    global fp_gc_ident
+    fp_gc_ident = PyThread_get_thread_ident() if phase == "start" else 0
+
+
 cdef inline int _ensure_watchdog() except -1:
     if not fp_wd_running:
+        if _gc_phase not in _gc.callbacks:
+            _gc.callbacks.append(_gc_phase)
         if fp_wd_start() != 0:
             raise EnforcementFailure("fastpath: could not start the watchdog thread")
     return 0
@@ -1381,7 +1393,8 @@ def _preempt_signal_handler(signum, frame):
     # watchdog sends the signal again next tick.
     cdef fp_slot *slot = fp_slot_peek()
     if fp_main_pending(slot):
-        if slot.defer_depth > 0 or fp_frame_is_critical(frame):
+        if (slot.defer_depth > 0 or fp_gc_ident == fp_main_ident
+                or fp_frame_is_critical(frame)):
             slot.deferred = 1
             return
         slot.delivered = 1

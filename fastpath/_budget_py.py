@@ -31,7 +31,7 @@ from typing import (Any, Awaitable, Callable, Dict, Generator, List, Mapping, Op
                     TypeVar)
 
 from . import _config
-from ._critical import frame_is_critical
+from ._critical import thread_is_critical, track_collections
 from ._histogram_py import LatencyHistogram
 from .errors import (
     ConstraintViolation,
@@ -401,7 +401,8 @@ def _fire(slot: _Slot, gen: int, kind: int, due: int) -> None:
     """Interrupt `gen` on its thread, unless the thread is inside an
     uninterruptible() block or a stdlib lock holder (then: next tick)."""
     global _fires, _deferrals
-    if slot.defer > 0 or frame_is_critical(sys._current_frames().get(slot.ident)):
+    if slot.defer > 0 or thread_is_critical(slot.ident,
+                                            sys._current_frames().get(slot.ident)):
         _deferrals += 1
         return
     slot.fire_kind = kind
@@ -469,6 +470,7 @@ def _ensure_watchdog() -> None:
         return
     with _watchdog_lock:
         if _watchdog is None or not _watchdog.is_alive():
+            track_collections()
             _watchdog_stop.clear()
             _watchdog = threading.Thread(target=_watchdog_main, name="fastpath-wd-py", daemon=True)
             _watchdog.start()

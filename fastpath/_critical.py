@@ -7,10 +7,18 @@ two: every other thread then blocks on it forever.  Both cores put an
 interrupt off while the target thread's innermost frame, or its caller, runs
 code from one of these files, and send it again shortly after (and likewise
 inside ``fastpath.uninterruptible()``).
+
+Finalizers are the other place: an exception raised in ``__del__`` or in a
+weakref callback cannot propagate (CPython prints "Exception ignored in ..."
+and the finalizer's work is cut short), so an interrupt is also put off while
+the target thread runs a ``__del__`` method (anywhere on its stack) or a
+garbage collection (which runs finalizers and weakref callbacks).  The
+collection is seen through ``gc.callbacks`` (each core adds one callback).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from types import FrameType
@@ -28,16 +36,46 @@ CRITICAL_FILES: Tuple[str, ...] = tuple(
         "concurrent" + os.sep,
         "multiprocessing" + os.sep,
         "_threading_local.py",
+        "weakref.py",
+        "_weakrefset.py",
     )
 ) + ("<frozen importlib._bootstrap",)
 
 
+#: How far up the stack a ``__del__`` frame is looked for.
+FINALIZER_DEPTH = 64
+
+#: The thread running a garbage collection now (0: none).  Written by
+#: `_gc_phase` (the twin's gc callback; the compiled core has its own).
+collecting_in = 0
+
+
+def _gc_phase(phase: str, info: object) -> None:
+    global collecting_in
+    collecting_in = threading.get_ident() if phase == "start" else 0
+
+
+def track_collections() -> None:
+    """Add the twin's gc callback (once)."""
+    if _gc_phase not in gc.callbacks:
+        gc.callbacks.append(_gc_phase)
+
+
 def frame_is_critical(frame: Optional[FrameType]) -> bool:
-    """Is `frame` (or its caller) in one of the critical modules?"""
-    for _ in range(2):
-        if frame is None:
-            return False
-        if frame.f_code.co_filename.startswith(CRITICAL_FILES):
+    """Is `frame` (or its caller) in one of the critical modules, or is a
+    ``__del__`` method on its stack?"""
+    depth = 0
+    while frame is not None and depth < FINALIZER_DEPTH:
+        code = frame.f_code
+        if depth < 2 and code.co_filename.startswith(CRITICAL_FILES):
+            return True
+        if code.co_name == "__del__":
             return True
         frame = frame.f_back
+        depth += 1
     return False
+
+
+def thread_is_critical(ident: int, frame: Optional[FrameType]) -> bool:
+    """Must an interrupt for thread `ident`, now at `frame`, be put off?"""
+    return collecting_in == ident or frame_is_critical(frame)

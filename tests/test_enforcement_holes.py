@@ -277,6 +277,55 @@ def test_uninterruptible_defers_the_interrupt_to_the_end_of_the_block(fp):
     assert time.monotonic() - t0 < 2.0
 
 
+class _SlowFinalizer:
+    """An object whose finalizer outlives the deadline (a cycle: only the GC frees it)."""
+
+    def __init__(self, done: list, cyclic: bool) -> None:
+        self.done = done
+        if cyclic:
+            self.me = self
+
+    def __del__(self) -> None:
+        spin(0.05)                  # the 5 ms deadline passes in here
+        self.done.append("finalized")
+
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+@pytest.mark.parametrize("how", ["gc", "refcount"])
+def test_an_interrupt_never_lands_in_a_finalizer(fp, where, how):
+    # An exception raised in __del__ (or a weakref callback) cannot propagate:
+    # CPython prints "Exception ignored in ..." and the finalizer's work is cut
+    # short.  The interrupt is put off until the finalizer has returned.
+    import gc
+
+    done: list = []
+    unraisable: list = []
+
+    def rule() -> None:
+        obj = _SlowFinalizer(done, cyclic=how == "gc")
+        del obj
+        if how == "gc":
+            gc.collect()
+        spin()
+
+    def once() -> object:
+        try:
+            fp.ExecutionConstraints(5).create_budget().enforce(rule)
+        except fp.ConstraintViolation as exc:
+            return exc
+        return None
+
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append((u.exc_type, u.object))
+    try:
+        result = once() if where == "main" else in_thread(once).get("result")
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []
+    assert done == ["finalized"]
+    assert isinstance(result, fp.ConstraintViolation) and result.interrupted
+
+
 async def _async_uninterruptible() -> str:
     import fastpath
 
