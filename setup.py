@@ -2,6 +2,7 @@
 silent fallback to the pure-Python twin (set FASTPATH_NO_EXTENSIONS=1 at run
 time to choose the twin explicitly)."""
 
+import glob
 import os
 
 import Cython
@@ -54,8 +55,8 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=macros,
-        depends=["fastpath/_fp_runtime.h", "fastpath/_fp_memhook.h", "fastpath/_budget.pxd",
-                 "fastpath/_histogram.pxd"],
+        depends=sorted(glob.glob("fastpath/_fp_*.h"))
+        + ["fastpath/_budget.pxd", "fastpath/_histogram.pxd"],
     ),
     Extension(
         "fastpath._histogram",

@@ -74,6 +74,7 @@ cdef extern from "_fp_runtime.h":
     int FP_TIMEOUT
     int FP_MEMORY
     int FP_CPU
+    int FP_SAMPLED_OUT
     int FP_MAX_NESTING
     int FP_ROUTE_OFF
     int FP_ROUTE_OURS
@@ -179,15 +180,10 @@ cdef bint _from_memory_error(object exc) except -1:
     return False
 
 
-cdef tuple _KIND_OBJS = (
-    None,
-    ConstraintViolationType.TIMEOUT_EXCEEDED,
-    ConstraintViolationType.MEMORY_EXCEEDED,
-    ConstraintViolationType.CPU_EXCEEDED,
-    ConstraintViolationType.SAMPLED_OUT,
-)
+# The member for each kind number (index = number; see _check_kind_numbers).
+cdef tuple _KIND_OBJS = (None,) + tuple([ConstraintViolationType(k) for k in range(1, 5)])
 # Order in which limits are checked and therefore recorded (seed: timeout first).
-cdef int[3] _CHECK_ORDER = [1, 2, 3]
+cdef int[3] _CHECK_ORDER = [FP_TIMEOUT, FP_MEMORY, FP_CPU]
 cdef object _normalize = _config.normalize
 
 
@@ -1196,7 +1192,7 @@ fp_install_fastcall(ExecutionBudget, "enforce", _enforce_fastcall, _ENFORCE_DOC)
 
 # ------------------------------------------------------------------ the enforcer
 
-cdef int _SAMPLED_OUT = 4
+cdef int _SAMPLED_OUT = FP_SAMPLED_OUT
 
 
 @cython.final
@@ -1631,9 +1627,25 @@ def _kernel_clocksource():
 cdef tuple _CRITICAL_FILES = _critical.CRITICAL_FILES   # module keeps it alive
 
 
+def _kind_numbers():
+    """The violation-kind numbers the C runtime uses (``_fp_common.h``)."""
+    return {"TIMEOUT_EXCEEDED": FP_TIMEOUT, "MEMORY_EXCEEDED": FP_MEMORY,
+            "CPU_EXCEEDED": FP_CPU, "SAMPLED_OUT": FP_SAMPLED_OUT}
+
+
+def _check_kind_numbers():
+    for name, number in _kind_numbers().items():
+        if ConstraintViolationType[name] != number:
+            raise ImportError(
+                f"fastpath: the compiled core numbers {name} {number}, fastpath.errors "
+                f"{int(ConstraintViolationType[name])}: rebuild the extension"
+            )
+
+
 def _init_module():
     global fp_interrupt_type, fp_preempt_enabled, fp_tsc_usable, fp_fast_gil
     global fp_critical_files, fp_main_ident
+    _check_kind_numbers()
     fp_interrupt_type = <PyObject *>ExecutionInterrupted   # module keeps it alive
     fp_critical_files = <PyObject *>_CRITICAL_FILES
     fp_main_ident = _threading.main_thread().ident

@@ -42,7 +42,11 @@ from .errors import (
 
 T = TypeVar("T")
 
-TIMEOUT, MEMORY, CPU = 1, 2, 3
+# The violation-kind numbers are fastpath.errors' (the compiled core's C
+# copies are checked against them at its import).
+TIMEOUT = int(ConstraintViolationType.TIMEOUT_EXCEEDED)
+MEMORY = int(ConstraintViolationType.MEMORY_EXCEEDED)
+CPU = int(ConstraintViolationType.CPU_EXCEEDED)
 _KINDS = (
     None,
     ConstraintViolationType.TIMEOUT_EXCEEDED,
@@ -1110,7 +1114,7 @@ def _close_quietly(it: Any) -> None:
 
 # ------------------------------------------------------------------ the enforcer
 
-_SAMPLED_OUT = 4
+_SAMPLED_OUT = int(ConstraintViolationType.SAMPLED_OUT)
 _counter_lock = threading.Lock()    # execute_async's counters (the pipeline has its own)
 
 

@@ -70,7 +70,7 @@
 #ifndef FASTPATH_MEMHOOK_H
 #define FASTPATH_MEMHOOK_H
 
-#include <Python.h>
+#include "_fp_common.h"
 #include <pythread.h>
 #include <stdint.h>
 #include <stdlib.h>

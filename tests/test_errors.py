@@ -78,3 +78,15 @@ def test_stats_value_semantics(fp):
     assert "elapsed_ns=1500" in repr(a)
     with pytest.raises(AttributeError):
         a.elapsed_ns = 3
+
+
+def test_the_compiled_core_numbers_violation_kinds_as_fastpath_errors_does():
+    # One definition (fastpath.errors); the C runtime's copy is checked at
+    # import, and the twin takes its numbers from fastpath.errors.
+    from fastpath import _budget, _budget_py
+    from fastpath.errors import ConstraintViolationType
+
+    numbers = _budget._kind_numbers()
+    assert numbers == {name: int(ConstraintViolationType[name]) for name in numbers}
+    assert (_budget_py.TIMEOUT, _budget_py.MEMORY, _budget_py.CPU, _budget_py._SAMPLED_OUT) == (
+        1, 2, 3, 4)

@@ -124,3 +124,21 @@ def test_bad_environment_switches_are_rejected_at_import(twin):
                           "print(fastpath.preemption_info()['enabled'])"],
                          capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("header", sorted(p.name for p in (ROOT / "fastpath").glob("_fp_*.h")))
+def test_every_c_header_compiles_on_its_own(header, tmp_path):
+    # One header per concept, each including what it uses.
+    import shutil
+    import sysconfig
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("no gcc")
+    src = tmp_path / "one.c"
+    src.write_text(f'#include "{header}"\n')
+    proc = subprocess.run(
+        [gcc, "-fsyntax-only", "-Wall", "-Wno-unused-function", "-Werror",
+         "-I", str(ROOT / "fastpath"), "-I", sysconfig.get_paths()["include"], str(src)],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

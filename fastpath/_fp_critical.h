@@ -1,0 +1,87 @@
+/*
+ * fastpath C runtime: where an interrupt must not land: stdlib lock holders, __del__ methods,
+ * garbage collections (see _critical.py).
+ */
+#ifndef FASTPATH_CRITICAL_H
+#define FASTPATH_CRITICAL_H
+
+#include "_fp_common.h"
+
+static PyObject *fp_critical_files = NULL;   /* tuple of str: file-name prefixes of stdlib
+                                              * modules that hold locks (see _critical.py) */
+
+/* How far up the stack a __del__ frame is looked for (as _critical.py). */
+#define FP_FINALIZER_DEPTH 64
+
+/* The thread running a garbage collection now (0: none): set by the core's
+ * gc.callbacks entry.  A collection runs finalizers and weakref callbacks,
+ * where an exception cannot propagate (see _critical.py). */
+static unsigned long fp_gc_ident = 0;
+
+/* Is this frame (or its caller) code of a stdlib module that takes locks
+ * with acquire() ... try: (logging, threading, queue, ...), or is a __del__
+ * method on its stack?  An asynchronous exception landing in the first could
+ * leave the lock held; in the second it is swallowed ("Exception ignored")
+ * and cuts the finalizer short.  GIL held. */
+static int fp_frame_is_critical(PyObject *frame)
+{
+    int depth, hit = 0;
+    Py_ssize_t i, n;
+    PyFrameObject *f;
+    if (frame == NULL || !PyFrame_Check(frame) || fp_critical_files == NULL)
+        return 0;
+    n = PyTuple_GET_SIZE(fp_critical_files);
+    Py_INCREF(frame);
+    f = (PyFrameObject *)frame;
+    for (depth = 0; depth < FP_FINALIZER_DEPTH && f != NULL && !hit; depth++) {
+        PyCodeObject *code = PyFrame_GetCode(f);
+        PyFrameObject *back;
+        if (code != NULL) {
+            for (i = 0; depth < 2 && i < n && !hit; i++) {
+                if (PyUnicode_Tailmatch(code->co_filename, PyTuple_GET_ITEM(fp_critical_files, i),
+                                        0, PY_SSIZE_T_MAX, -1) == 1)
+                    hit = 1;
+            }
+            if (!hit && PyUnicode_CompareWithASCIIString(code->co_name, "__del__") == 0)
+                hit = 1;
+            Py_DECREF(code);
+        }
+        back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_XDECREF(f);
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return hit;
+}
+
+/* Is the thread `ident` inside a critical stdlib frame right now?  GIL held
+ * by the caller (the watchdog), so the target is parked where it will
+ * resume -- which is where an asynchronous exception would land. */
+static int fp_thread_in_critical(unsigned long ident)
+{
+    PyThreadState *ts;
+    PyFrameObject *frame;
+    int hit, gc_was;
+    for (ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main()); ts != NULL;
+         ts = PyThreadState_Next(ts)) {
+        if (ts->thread_id == ident)
+            break;
+    }
+    if (ts == NULL)
+        return 0;
+    if (__atomic_load_n(&fp_gc_ident, __ATOMIC_RELAXED) == ident)
+        return 1;               /* a collection (its finalizers) runs there */
+    /* No garbage collection (and so no finalizer, which could let the target
+     * run) while frame objects are made for the look. */
+    gc_was = PyGC_Disable();
+    frame = PyThreadState_GetFrame(ts);
+    hit = frame != NULL && fp_frame_is_critical((PyObject *)frame);
+    Py_XDECREF(frame);
+    if (gc_was)
+        PyGC_Enable();
+    return hit;
+}
+
+#endif /* FASTPATH_CRITICAL_H */
