@@ -71,6 +71,7 @@
 #define FASTPATH_MEMHOOK_H
 
 #include "_fp_common.h"
+#include "_fp_internal.h"
 #include <pythread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -78,25 +79,9 @@
 #include <sys/mman.h>
 
 /* The interpreter's thread-list lock, to check it is free before
- * PyThreadState_SetAsyncExc (which takes it) from inside the allocator. */
-#if PY_VERSION_HEX >= 0x030B0000 && defined(__has_include)
-#if __has_include(<internal/pycore_runtime.h>)
-#define FP_MEM_HEAD_PROBE 1
-#ifndef Py_BUILD_CORE
-#define Py_BUILD_CORE 1
-#define FP_MEM_UNDEF_BUILD_CORE 1
-#endif
-#undef _PyGC_FINALIZED          /* pycore_gc.h defines it again, with the same meaning */
-#include <internal/pycore_runtime.h>
-#ifdef FP_MEM_UNDEF_BUILD_CORE
-#undef Py_BUILD_CORE
-#undef FP_MEM_UNDEF_BUILD_CORE
-#endif
-#endif
-#endif
-#ifndef FP_MEM_HEAD_PROBE
-#define FP_MEM_HEAD_PROBE 0
-#endif
+ * PyThreadState_SetAsyncExc (which takes it) from inside the allocator: read
+ * through the interpreter's internal headers when they are installed. */
+#define FP_MEM_HEAD_PROBE FP_HAVE_INTERNAL
 
 #define FP_MEM_LOCK() ((void)0)         /* see "Locking" above */
 #define FP_MEM_UNLOCK() ((void)0)

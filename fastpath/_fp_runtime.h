@@ -6,6 +6,7 @@
  * Included by _budget.pyx (after Python.h).  Everything is static: the only
  * compilation unit is the extension module.  One header per concept:
  *   _fp_common.h    macros, includes, violation-kind numbers
+ *   _fp_internal.h  the interpreter's internal headers (two private fields)
  *   _fp_build.h     build facts
  *   _fp_pytype.h    METH_FASTCALL and am_send installers
  *   _fp_clock.h     monotonic clock, TSC, thread CPU clocks
@@ -33,6 +34,7 @@
 #define FASTPATH_RUNTIME_H
 
 #include "_fp_common.h"
+#include "_fp_internal.h"
 #include "_fp_build.h"
 #include "_fp_pytype.h"
 #include "_fp_clock.h"

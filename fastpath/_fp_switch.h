@@ -6,6 +6,7 @@
 #define FASTPATH_SWITCH_H
 
 #include "_fp_common.h"
+#include "_fp_internal.h"
 
 /* Fast GIL hand-over for interrupts to non-main threads.  A thread waiting
  * for the GIL asks the holder to drop it only after waiting one switch
@@ -20,6 +21,23 @@
 #define FP_FAST_GIL_US 100UL
 #if PY_VERSION_HEX < 0x030D0000
 #define FP_HAVE_SWITCH_INTERVAL_API 1
+#define fp_get_switch_us() _PyEval_GetSwitchInterval()
+#define fp_set_switch_us(us) _PyEval_SetSwitchInterval(us)
+#elif PY_VERSION_HEX < 0x030E0000 && FP_HAVE_INTERNAL && !defined(Py_GIL_DISABLED)
+/* 3.13 keeps _PyEval_{Get,Set}SwitchInterval but no longer exports them.
+ * Each is a plain load or store of the GIL's `interval` field (ceval_gil.c),
+ * which take_gil() reads under the GIL's mutex; the internal headers give its
+ * layout for the interpreter being built against.  Only the version tested
+ * here (3.13) uses it; later versions take the plain path until tested. */
+#define FP_HAVE_SWITCH_INTERVAL_API 1
+static inline unsigned long fp_get_switch_us(void)
+{
+    return __atomic_load_n(&PyInterpreterState_Main()->ceval.gil->interval, __ATOMIC_RELAXED);
+}
+static inline void fp_set_switch_us(unsigned long us)
+{
+    __atomic_store_n(&PyInterpreterState_Main()->ceval.gil->interval, us, __ATOMIC_RELAXED);
+}
 #else
 #define FP_HAVE_SWITCH_INTERVAL_API 0
 #endif
@@ -34,7 +52,7 @@ static unsigned long fp_switch_interval_shown(void)
     unsigned long v = 0;
 #if FP_HAVE_SWITCH_INTERVAL_API
     pthread_mutex_lock(&fp_switch_lock);
-    v = fp_fast_gil_saved ? fp_fast_gil_saved : _PyEval_GetSwitchInterval();
+    v = fp_fast_gil_saved ? fp_fast_gil_saved : fp_get_switch_us();
     pthread_mutex_unlock(&fp_switch_lock);
 #endif
     return v;
@@ -47,7 +65,7 @@ static void fp_switch_interval_set(void)
 #if FP_HAVE_SWITCH_INTERVAL_API
     pthread_mutex_lock(&fp_switch_lock);
     if (fp_fast_gil_saved)
-        fp_fast_gil_saved = _PyEval_GetSwitchInterval();
+        fp_fast_gil_saved = fp_get_switch_us();
     pthread_mutex_unlock(&fp_switch_lock);
 #endif
 }
@@ -57,10 +75,10 @@ static void fp_fast_gil_lower(void)
 #if FP_HAVE_SWITCH_INTERVAL_API
     unsigned long interval;
     pthread_mutex_lock(&fp_switch_lock);
-    interval = _PyEval_GetSwitchInterval();
+    interval = fp_get_switch_us();
     if (interval > FP_FAST_GIL_US) {
         fp_fast_gil_saved = interval;
-        _PyEval_SetSwitchInterval(FP_FAST_GIL_US);
+        fp_set_switch_us(FP_FAST_GIL_US);
     }
     pthread_mutex_unlock(&fp_switch_lock);
 #endif
@@ -72,7 +90,7 @@ static void fp_fast_gil_restore(void)
 #if FP_HAVE_SWITCH_INTERVAL_API
     pthread_mutex_lock(&fp_switch_lock);
     if (fp_fast_gil_saved) {
-        _PyEval_SetSwitchInterval(fp_fast_gil_saved);
+        fp_set_switch_us(fp_fast_gil_saved);
         fp_fast_gil_saved = 0;
     }
     pthread_mutex_unlock(&fp_switch_lock);

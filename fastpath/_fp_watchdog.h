@@ -538,7 +538,7 @@ static void fp_atfork_child(void)
 #if FP_HAVE_SWITCH_INTERVAL_API
     if (fp_fast_gil_saved) {
         /* forked while the watchdog's fast GIL request was in flight */
-        _PyEval_SetSwitchInterval(fp_fast_gil_saved);
+        fp_set_switch_us(fp_fast_gil_saved);
         fp_fast_gil_saved = 0;
     }
 #endif
