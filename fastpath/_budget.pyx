@@ -115,6 +115,7 @@ cdef extern from "_fp_runtime.h":
     void fp_base_write(fp_slot *s, int64_t cpu, int64_t wall) noexcept
     int64_t fp_cpu_start_lo(const fp_slot *s, int cpu_idx, uint64_t gen, int64_t lo) noexcept
     int fp_cpu_watch_of(const fp_slot *s, uint64_t gen) noexcept
+    int fp_fire_for_running(const fp_slot *s) noexcept
     int fp_main_pending(fp_slot *s) noexcept
     int fp_frame_is_critical(object frame) except -1
     int fp_wd_start() noexcept
@@ -1486,6 +1487,13 @@ cdef class uninterruptible:
         if slot == NULL:
             slot = _new_slot()
         slot.defer_depth += 1
+        if slot.delivered and fp_fire_for_running(slot):
+            # An interrupt sent under the GIL for the running call may not have
+            # been raised yet: 3.13 raises it at the next eval-breaker check
+            # after the one it was sent at, which can be inside this block.
+            # Take it back; the watchdog sends it again (2 ms) and defers it
+            # while the block runs.
+            PyThreadState_SetAsyncExc(slot.py_ident, NULL)
         return self
 
     def __exit__(self, exc_type, exc, tb):

@@ -235,6 +235,13 @@ static inline int fp_cpu_watch_of(const fp_slot *s, uint64_t gen)
     return -1;
 }
 
+/* Was the last interrupt sent for the call running now (not an ended one)? */
+static inline int fp_fire_for_running(const fp_slot *s)
+{
+    uint64_t g = __atomic_load_n(&s->fire_gen, __ATOMIC_ACQUIRE);
+    return g != 0 && (g == s->armed_gen || fp_cpu_watch_of(s, g) >= 0);
+}
+
 static inline fp_slot *fp_slot_peek(void) { return fp_tls_slot; }
 
 #endif /* FASTPATH_SLOT_H */
