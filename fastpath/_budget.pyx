@@ -1487,12 +1487,12 @@ cdef class uninterruptible:
         if slot == NULL:
             slot = _new_slot()
         slot.defer_depth += 1
-        if slot.delivered and fp_fire_for_running(slot):
+        if fp_fire_for_running(slot):
             # An interrupt sent under the GIL for the running call may not have
             # been raised yet: 3.13 raises it at the next eval-breaker check
             # after the one it was sent at, which can be inside this block.
-            # Take it back; the watchdog sends it again (2 ms) and defers it
-            # while the block runs.
+            # Take it back; the watchdog sends it again (every 2 ms) and defers
+            # it while the block runs.
             PyThreadState_SetAsyncExc(slot.py_ident, NULL)
         return self
 

@@ -543,9 +543,10 @@ class uninterruptible:
         if slot.fire_gen and (slot.fire_gen == slot.armed_gen or slot.fire_gen in slot.cpu_gens):
             # An interrupt sent for the running call may not have been raised
             # yet (3.13 raises it at the eval-breaker check after the one it
-            # was sent at, which can be inside this block): take it back; the
-            # watchdog sends it again and defers it while the block runs.
+            # was sent at, which can be inside this block): take it back, and
+            # let the watchdog send it again (it defers it while the block runs).
             _set_async_exc(slot.ident, _CLEAR)
+            slot.fire_gen = 0
         return self
 
     def __exit__(self, *exc: object) -> None:
