@@ -229,5 +229,20 @@ def test_the_stub_declares_exactly_what_the_compiled_module_has(compiled, twin):
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             declared.add(node.name)
     for name in declared:
-        assert hasattr(compiled, name), f"{stub.name} declares {name}, which {compiled.__name__} lacks"
+        assert hasattr(compiled, name), f"{stub.name} declares {name}; the module lacks it"
     assert set(_defined_here(compiled)) <= declared
+
+
+def test_the_enforcer_has_the_same_methods_on_both_cores():
+    from fastpath import enforcer
+
+    compiled, twin = enforcer._bind_enforcer(_budget), enforcer._bind_enforcer(_budget_py)
+    names = [a for a in dir(twin) if not a.startswith("_") and callable(getattr(twin, a))]
+    assert names == [a for a in dir(compiled) if not a.startswith("_")
+                     and callable(getattr(compiled, a))]
+    for name in names:
+        assert _shape(getattr(compiled, name)) == _shape(getattr(twin, name)), name
+        assert _summary_line(getattr(compiled, name).__doc__) == _summary_line(
+            getattr(twin, name).__doc__), name
+    assert str(inspect.signature(compiled.execute_with_constraints)) == (
+        "(self, rule_type, fn, /, *args, **kwargs)")

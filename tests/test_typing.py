@@ -24,22 +24,23 @@ MUST_FAIL = textwrap.dedent('''
     from fastpath import AuditEvent, ConstraintEnforcer, ExecutionConstraints, RuleType
     from fastpath import LatencyHistogram, preemption_info
 
-    enforcer = ConstraintEnforcer()
-    enforcer.no_such_method()  # E: "ConstraintEnforcer" has no attribute "no_such_method"
+    FAST = RuleType.FAST
+    e = ConstraintEnforcer()
+    e.no_such_method()  # E: "ConstraintEnforcer" has no attribute "no_such_method"
 
 
     def render(count: int) -> str:
         return str(count)
 
 
-    wrong: int = enforcer.execute_with_constraints(RuleType.FAST, render, 1)  # E: Incompatible types in assignment
-    enforcer.execute_with_constraints(RuleType.FAST, render, "one")  # E: Argument 3 to "execute_with_constraints"
-    enforcer.metrics()[RuleType.FAST]["no_such_key"]  # E: has no key "no_such_key"
-    enforcer.metrics(json=True)[RuleType.FAST]  # E: Invalid index type
+    wrong: int = e.execute_with_constraints(FAST, render, 1)  # E: Incompatible types
+    e.execute_with_constraints(FAST, render, "one")  # E: Argument 3 to "execute_with_constraints"
+    e.metrics()[FAST]["no_such_key"]  # E: has no key "no_such_key"
+    e.metrics(json=True)[FAST]  # E: Invalid index type
     preemption_info()["no_such_key"]  # E: has no key "no_such_key"
     LatencyHistogram().summary()["p42_ns"]  # E: has no key "p42_ns"
     ExecutionConstraints(5).no_such_field  # E: has no attribute "no_such_field"
-    enforcer.constraints_for(RuleType.FAST).create_budget().no_such_method()  # E: has no attribute "no_such_method"
+    e.constraints_for(FAST).create_budget().no_such_method()  # E: has no attribute "no_such_method"
 
 
     def sink(event: AuditEvent) -> float:
