@@ -15,6 +15,14 @@ import sys as _sys
 import threading as _threading
 
 from fastpath import _config, _critical
+from fastpath._histogram cimport LatencyHistogram
+from fastpath.errors import (
+    ConstraintViolation,
+    ConstraintViolationType,
+    EnforcementFailure,
+    ExecutionInterrupted,
+    InvalidConfiguration,
+)
 
 # The public names; the twin (_budget_py.py) has the same __all__ (tests/test_parity.py).
 # Compiled only: build_info() (how this extension was built) and the
@@ -28,14 +36,6 @@ __all__ = [
     "set_preemption",
     "uninterruptible",
 ]
-from fastpath._histogram cimport LatencyHistogram
-from fastpath.errors import (
-    ConstraintViolation,
-    ConstraintViolationType,
-    EnforcementFailure,
-    ExecutionInterrupted,
-    InvalidConfiguration,
-)
 
 cdef extern from "Python.h":
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
@@ -441,7 +441,7 @@ What one budget measured.  See the README's "What the figures mean".
 
     @property
     def elapsed_ms(self):
-        """Milliseconds since creation (frozen when an enforce() call returns)."""
+        """elapsed_ns in milliseconds."""
         return self.elapsed_ns / 1e6
 
     @property

@@ -33,16 +33,16 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Generator, Li
 from . import _config
 from ._critical import frame_is_critical
 from ._histogram_py import LatencyHistogram
-from .typedefs import PreemptionInfo
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .enforcer import RuleType
 from .errors import (
     ConstraintViolation,
     ConstraintViolationType,
     ExecutionInterrupted,
     InvalidConfiguration,
 )
+from .typedefs import PreemptionInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .enforcer import RuleType
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -284,6 +284,7 @@ class ExecutionStats:
 
     @property
     def elapsed_ms(self) -> float:
+        """elapsed_ns in milliseconds."""
         return self.elapsed_ns / 1e6
 
     @property
@@ -428,9 +429,8 @@ _ticks = 0      # watchdog loop iterations (preemption_info()["ticks"])
 
 
 def _watchdog_main() -> None:
-    global _watchdog_idle
+    global _watchdog_idle, _ticks
     idle_ticks = 0
-    global _ticks
     while not _watchdog_stop.is_set():
         _ticks += 1
         if _watchdog_idle:

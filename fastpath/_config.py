@@ -1,4 +1,5 @@
-"""Validation, presets and (de)serialisation of ExecutionConstraints.
+"""Validation, presets and (de)serialisation of ExecutionConstraints (and the
+validation of a hand-built ExecutionStats).
 
 Shared by the compiled core and the pure-Python twin so that both accept and
 reject exactly the same values with the same messages.  Nothing here is on the
@@ -13,7 +14,7 @@ import os
 import operator
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .errors import InvalidConfiguration
+from .errors import ConstraintViolationType, InvalidConfiguration
 
 MB = 1024 * 1024
 KB = 1024
@@ -180,18 +181,22 @@ StatsValues = Tuple[int, int, int, bool, Tuple[Any, ...], int, int]
 def check_stats(elapsed_ns: Any, memory_used_bytes: Any, cpu_time_us: Any,
                 cpu_time_measured: Any, violations: Any, memory_allocated_bytes: Any,
                 memory_peak_bytes: Any) -> StatsValues:
-    """Validate ``ExecutionStats(...)`` for either core (the cores' own budgets
-    build their stats without it): figures are ints in 0..2**63-1, the flag a
-    bool, ``violations`` an iterable of ConstraintViolationType values."""
-    from .errors import ConstraintViolationType
-
+    """Validate ``ExecutionStats(...)`` for either core (the compiled core's
+    budgets build their stats without it; the twin's go through it): figures
+    are ints in 0..2**63-1, the flag a bool, ``violations`` an iterable of
+    ConstraintViolationType values."""
     def figure(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, (bool, float, str, bytes, complex)):
             raise InvalidConfiguration(f"ExecutionStats: {name} must be an int, got {value!r}")
-        if not 0 <= value <= INT64_MAX:
+        try:
+            number = operator.index(value)
+        except TypeError:
+            raise InvalidConfiguration(
+                f"ExecutionStats: {name} must be an int, got {value!r}") from None
+        if not 0 <= number <= INT64_MAX:
             raise InvalidConfiguration(
                 f"ExecutionStats: {name} must be an int in 0..2**63-1, got {value!r}")
-        return int(value)
+        return number
 
     if not isinstance(cpu_time_measured, bool):
         raise InvalidConfiguration(
