@@ -85,3 +85,13 @@ def test_mypy_strict_from_outside_the_repository(tmp_path):
     assert not unexpected, report
     for key, text in expected.items():
         assert any(text in message for message in errors.get(key, [])), (key, text, report)
+
+
+def test_the_stubs_and_typed_marker_ship_in_the_wheel():
+    # A normal (wheel) install type-checks through the same files: pyproject's
+    # package data must carry them (checked by hand with `pip wheel .`: the
+    # wheel holds py.typed, _budget.pyi, _histogram.pyi, _budget_py.py, typedefs.py).
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"*.pyi"' in pyproject and '"py.typed"' in pyproject
+    for name in ("_budget.pyi", "_histogram.pyi", "py.typed", "typedefs.py"):
+        assert (ROOT / "fastpath" / name).exists(), name
