@@ -65,9 +65,12 @@ def test_the_p99_example_prints_the_header_it_shows():
     section = _section("Metrics")
     code = re.findall(r"A p99 table:\n\n```python\n(.*?)```", section, re.S)[0]
     shown = re.findall(r"```python\n.*?```\n```\n(.*?)```", section, re.S)[0].splitlines()
+    # Profiles with 10 s deadlines: a loaded machine must not make len() late.
     setup = (
-        "from fastpath import ConstraintEnforcer, RuleType\n"
-        "enforcer = ConstraintEnforcer()\n"
+        "from fastpath import ConstraintEnforcer, ExecutionConstraints as C, RuleType\n"
+        "enforcer = ConstraintEnforcer.with_constraints(\n"
+        "    C(10_000), C.semantic_rule(), C.wasm_hook(10),\n"
+        "    C(10_000, fail_closed_on_timeout=False))\n"
         "for _ in range(50):\n"
         "    enforcer.execute_with_constraints(RuleType.FAST, len, 'abc')\n"
         "    enforcer.execute_with_constraints(RuleType.OBSERVATIONAL, len, 'abc')\n"
