@@ -30,9 +30,13 @@ $(BIN)/activate:
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Dependencies come from pyproject.toml only: the editable install builds the
-# extension in place (PEP 660) and installs the [test] extra.
-$(STAMP)-deps: $(BIN)/activate pyproject.toml setup.py
-	$(PY) -m pip install --quiet -e '.[test]'
+# extension in place and installs the [test] extra.  editable_mode=compat puts
+# the checkout on sys.path with a .pth file, which mypy (and other static
+# tools) read; setuptools' default PEP 660 finder hook is invisible to them
+# (tests/test_typing.py runs mypy from outside the checkout).
+EDITABLE := --config-settings editable_mode=compat
+$(STAMP)-deps: $(BIN)/activate pyproject.toml setup.py Makefile
+	$(PY) -m pip install --quiet $(EDITABLE) -e '.[test]'
 	touch $@
 
 # Rebuild after a source change (a no-op when the build is fresh).
@@ -49,7 +53,7 @@ selftest: $(STAMP)-build
 	$(PY) -m fastpath.selftest
 
 $(STAMP)-bench-deps: $(STAMP)-deps pyproject.toml
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet $(EDITABLE) -e '.[test,bench]'
 	touch $@
 
 bench: $(STAMP)-build $(STAMP)-bench-deps

@@ -13,6 +13,12 @@ from setuptools import Extension, setup
 DIRECTIVES = {
     "language_level": 3,
     "embedsignature": True,
+    # Argument Clinic style ("name($self, a, b=1)\n--\n\n"): CPython turns that
+    # header into __text_signature__, so inspect.signature works on the core's
+    # functions and methods without binding=True (whose cyfunction methods miss
+    # CPython's call specialisation).  Class signatures are written by hand in
+    # the class docstrings (tests/test_parity.py compares them with the twin's).
+    "embedsignature.format": "clinic",
     "boundscheck": False,
     "wraparound": False,
     "cdivision": True,

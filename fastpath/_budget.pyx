@@ -25,6 +25,19 @@ from fastpath.errors import (
     InvalidConfiguration,
 )
 
+# The public names; the twin (_budget_py.py) has the same __all__ (tests/test_parity.py).
+# Compiled only: build_info() (how this extension was built) and the
+# getswitchinterval / setswitchinterval wrappers installed into sys.
+__all__ = [
+    "ExecutionBudget",
+    "ExecutionConstraints",
+    "ExecutionStats",
+    "preemption_info",
+    "current_budget",
+    "set_preemption",
+    "uninterruptible",
+]
+
 cdef extern from "Python.h":
     int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc)
     bint PyCoro_CheckExact(object o)
@@ -209,11 +222,12 @@ cdef inline int _ensure_watchdog() except -1:
 @cython.final
 @cython.freelist(8)
 cdef class ExecutionConstraints:
-    """Limits for one rule evaluation: immutable, hashable, picklable.
+    """ExecutionConstraints(max_exec_ms, *, cpu_shares=None, memory_limit_bytes=None,
+        sampling_rate=1.0, fail_closed_on_timeout=True, max_retries=None,
+        retry_backoff_ms=None)
+--
 
-    ExecutionConstraints(max_exec_ms, *, cpu_shares=None, memory_limit_bytes=None,
-                         sampling_rate=1.0, fail_closed_on_timeout=True,
-                         max_retries=None, retry_backoff_ms=None)
+Limits for one rule evaluation: immutable, hashable, picklable.
     """
 
     def __init__(self, max_exec_ms, *, cpu_shares=None, memory_limit_bytes=None,
@@ -418,21 +432,25 @@ def _restore_constraints(*values):
 @cython.no_gc      # holds only a tuple of enum members: no reference cycle possible
 @cython.freelist(16)
 cdef class ExecutionStats:
-    """What one budget measured.  See the README's "What the figures mean"."""
+    """ExecutionStats(*, elapsed_ns, memory_used_bytes=0, cpu_time_us=0,
+        cpu_time_measured=False, violations=(), memory_allocated_bytes=0,
+        memory_peak_bytes=0)
+--
+
+What one budget measured.  See the README's "What the figures mean".
+    """
 
     def __init__(self, *, elapsed_ns, memory_used_bytes=0, cpu_time_us=0,
                  cpu_time_measured=False, violations=(), memory_allocated_bytes=0,
                  memory_peak_bytes=0):
-        self.elapsed_ns = elapsed_ns
-        self.memory_used_bytes = memory_used_bytes
-        self.memory_allocated_bytes = memory_allocated_bytes
-        self.memory_peak_bytes = memory_peak_bytes
-        self.cpu_time_us = cpu_time_us
-        self.cpu_time_measured = cpu_time_measured
-        self.violations = tuple(ConstraintViolationType(v) for v in violations)
+        (self.elapsed_ns, self.memory_used_bytes, self.cpu_time_us, self.cpu_time_measured,
+         self.violations, self.memory_allocated_bytes, self.memory_peak_bytes) = (
+            _config.check_stats(elapsed_ns, memory_used_bytes, cpu_time_us, cpu_time_measured,
+                                violations, memory_allocated_bytes, memory_peak_bytes))
 
     @property
     def elapsed_ms(self):
+        """elapsed_ns in milliseconds."""
         return self.elapsed_ns / 1e6
 
     @property
@@ -539,7 +557,10 @@ cdef inline int _end_call(ExecutionBudget self, fp_slot *slot, fp_saved *saved, 
 @cython.no_gc      # holds only its ExecutionConstraints, which holds no objects
 @cython.freelist(32)
 cdef class ExecutionBudget:
-    """The running limits of one evaluation; its clock starts when it is created.
+    """ExecutionBudget(constraints, *, preempt=True)
+--
+
+The running limits of one evaluation; its clock starts when it is created.
 
     Single-threaded: create it, use it and enforce with it on one thread.
     """
@@ -571,6 +592,7 @@ cdef class ExecutionBudget:
         return self._now_or_stop() - self._start_ns
 
     def elapsed_ms(self):
+        """Milliseconds since creation (frozen when an enforce() call returns)."""
         return (self._now_or_stop() - self._start_ns) / 1e6
 
     def remaining_ms(self):
@@ -578,6 +600,7 @@ cdef class ExecutionBudget:
         return self.remaining_ns_c() / 1e6
 
     def is_timeout(self):
+        """True once the deadline is reached (frozen when an enforce() call returns)."""
         return self.is_timeout_c()
 
     cdef bint is_timeout_c(self) noexcept:
@@ -1475,7 +1498,10 @@ def preemption_info():
 @cython.final
 @cython.no_gc
 cdef class uninterruptible:
-    """Put off interrupts while the block runs (sync ``with`` or ``async with``).
+    """uninterruptible()
+--
+
+Put off interrupts while the block runs (sync ``with`` or ``async with``).
 
     For the application's own critical sections, such as ``lock.acquire()``
     followed by a ``try:`` on a later line: an interrupt due inside the block

@@ -27,8 +27,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import (Any, Awaitable, Callable, Dict, Generator, List, Mapping, Optional, Tuple,
-                    TypeVar)
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Generator, List, Literal,
+                    Mapping, Optional, ParamSpec, Tuple, TypeVar)
 
 from . import _config
 from ._critical import thread_is_critical, track_collections
@@ -39,8 +39,13 @@ from .errors import (
     ExecutionInterrupted,
     InvalidConfiguration,
 )
+from .typedefs import PreemptionInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .enforcer import RuleType
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # The violation-kind numbers are fastpath.errors' (the compiled core's C
 # copies are checked against them at its import).
@@ -269,20 +274,21 @@ class ExecutionStats:
         memory_allocated_bytes: int = 0,
         memory_peak_bytes: int = 0,
     ) -> None:
+        values = _config.check_stats(elapsed_ns, memory_used_bytes, cpu_time_us,
+                                     cpu_time_measured, violations, memory_allocated_bytes,
+                                     memory_peak_bytes)
         setter = object.__setattr__
-        setter(self, "elapsed_ns", elapsed_ns)
-        setter(self, "memory_used_bytes", memory_used_bytes)
-        setter(self, "memory_allocated_bytes", memory_allocated_bytes)
-        setter(self, "memory_peak_bytes", memory_peak_bytes)
-        setter(self, "cpu_time_us", cpu_time_us)
-        setter(self, "cpu_time_measured", cpu_time_measured)
-        setter(self, "violations", tuple(ConstraintViolationType(v) for v in violations))
+        for name, value in zip(("elapsed_ns", "memory_used_bytes", "cpu_time_us",
+                                "cpu_time_measured", "violations", "memory_allocated_bytes",
+                                "memory_peak_bytes"), values, strict=True):
+            setter(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"ExecutionStats is read-only: cannot set {name!r}")
 
     @property
     def elapsed_ms(self) -> float:
+        """elapsed_ns in milliseconds."""
         return self.elapsed_ns / 1e6
 
     @property
@@ -424,12 +430,14 @@ WATCHDOG_IDLE_TICKS = 200        # ~100 ms without anything armed ...
 WATCHDOG_IDLE_TICK_S = 0.05      # ... and the watchdog only looks every 50 ms
 _watchdog_wake = threading.Event()
 _watchdog_idle = False
+_ticks = 0      # watchdog loop iterations (preemption_info()["ticks"])
 
 
 def _watchdog_main() -> None:
-    global _watchdog_idle
+    global _watchdog_idle, _ticks
     idle_ticks = 0
     while not _watchdog_stop.is_set():
+        _ticks += 1
         if _watchdog_idle:
             _watchdog_wake.wait(WATCHDOG_IDLE_TICK_S)
         else:
@@ -509,7 +517,7 @@ def set_preemption(enabled: bool) -> None:
     _preempt_enabled = _config.check_bool("enabled", enabled)
 
 
-def preemption_info() -> Dict[str, Any]:
+def preemption_info() -> PreemptionInfo:
     """How calls are interrupted in this process."""
     return {
         "enabled": _preempt_enabled,
@@ -521,7 +529,7 @@ def preemption_info() -> Dict[str, Any]:
         "membarrier": False,
         "fast_gil_handover": False,
         "clock": "CLOCK_MONOTONIC",
-        "ticks": None,
+        "ticks": _ticks,
         "interrupts_sent": _fires,
         "interrupts_deferred": _deferrals,
     }
@@ -549,16 +557,18 @@ class uninterruptible:
             slot.fire_gen = 0
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
         slot = _slot()
         if slot.defer > 0:
             slot.defer -= 1
+        return False
 
     async def __aenter__(self) -> "uninterruptible":
         return self.__enter__()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.__exit__(*exc)
+    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
+                        tb: Any) -> Literal[False]:
+        return self.__exit__(exc_type, exc, tb)
 
 
 # ----------------------------------------------------------------------- budget
@@ -618,6 +628,7 @@ class ExecutionBudget:
         return self._now_or_stop() - self._start_ns
 
     def elapsed_ms(self) -> float:
+        """Milliseconds since creation (frozen when an enforce() call returns)."""
         return (self._now_or_stop() - self._start_ns) / 1e6
 
     def remaining_ms(self) -> float:
@@ -625,6 +636,7 @@ class ExecutionBudget:
         return max(0, self._deadline_ns - self._now_or_stop()) / 1e6
 
     def is_timeout(self) -> bool:
+        """True once the deadline is reached (frozen when an enforce() call returns)."""
         return self._now_or_stop() >= self._deadline_ns
 
     def _record_mask(self, mask: int) -> None:
@@ -1226,11 +1238,15 @@ class _EnforcerCore:
     def _audit(self, rule_type: Any, rule_id: Any, fn: Any, violation: Any, outcome: str) -> None:
         pass  # ConstraintEnforcer emits the audit event
 
-    def execute_with_constraints(self, rule_type: Any, fn: Callable[..., T], /, *args: Any,
-                                 **kwargs: Any) -> Any:
+    def execute_with_constraints(self, rule_type: RuleType, fn: Callable[P, T], /,
+                                 *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn under the rule type's constraints: sampling, budget, transient
-        retries, then the failure policy (see ConstraintEnforcer)."""
-        return self._pipeline(self._rule_state(rule_type), None, fn, args, kwargs)
+        retries, then the failure policy (see ConstraintEnforcer).
+
+        Typed as returning what fn returns; a fail-open rule type returns its
+        fallback instead (None unless configured)."""
+        return self._pipeline(  # type: ignore[no-any-return]
+            self._rule_state(rule_type), None, fn, args, kwargs)
 
     def _execute_as(self, rule_type: Any, rule_id: Any, fn: Callable[..., T], /, *args: Any,
                     **kwargs: Any) -> Any:

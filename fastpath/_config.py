@@ -1,4 +1,5 @@
-"""Validation, presets and (de)serialisation of ExecutionConstraints.
+"""Validation, presets and (de)serialisation of ExecutionConstraints (and the
+validation of a hand-built ExecutionStats).
 
 Shared by the compiled core and the pure-Python twin so that both accept and
 reject exactly the same values with the same messages.  Nothing here is on the
@@ -13,7 +14,7 @@ import os
 import operator
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .errors import InvalidConfiguration
+from .errors import ConstraintViolationType, InvalidConfiguration
 
 MB = 1024 * 1024
 KB = 1024
@@ -172,3 +173,43 @@ def wasm_hook_args(max_ms: Any) -> Normalized:
 
 def observational_args(sampling_rate: Any) -> Normalized:
     return normalize(2, 5, 512 * KB, sampling_rate, False, None, None)
+
+
+StatsValues = Tuple[int, int, int, bool, Tuple[Any, ...], int, int]
+
+
+def check_stats(elapsed_ns: Any, memory_used_bytes: Any, cpu_time_us: Any,
+                cpu_time_measured: Any, violations: Any, memory_allocated_bytes: Any,
+                memory_peak_bytes: Any) -> StatsValues:
+    """Validate ``ExecutionStats(...)`` for either core (the compiled core's
+    budgets build their stats without it; the twin's go through it): figures
+    are ints in 0..2**63-1, the flag a bool, ``violations`` an iterable of
+    ConstraintViolationType values."""
+    def figure(name: str, value: Any) -> int:
+        if isinstance(value, (bool, float, str, bytes, complex)):
+            raise InvalidConfiguration(f"ExecutionStats: {name} must be an int, got {value!r}")
+        try:
+            number = operator.index(value)
+        except TypeError:
+            raise InvalidConfiguration(
+                f"ExecutionStats: {name} must be an int, got {value!r}") from None
+        if not 0 <= number <= INT64_MAX:
+            raise InvalidConfiguration(
+                f"ExecutionStats: {name} must be an int in 0..2**63-1, got {value!r}")
+        return number
+
+    if not isinstance(cpu_time_measured, bool):
+        raise InvalidConfiguration(
+            f"ExecutionStats: cpu_time_measured must be a bool, got {cpu_time_measured!r}")
+    if isinstance(violations, (str, bytes)):
+        raise InvalidConfiguration(
+            f"ExecutionStats: violations must be violation kinds, got {violations!r}")
+    try:
+        kinds = tuple(ConstraintViolationType(v) for v in violations)
+    except (TypeError, ValueError):
+        raise InvalidConfiguration(
+            f"ExecutionStats: violations must be violation kinds, got {violations!r}") from None
+    return (figure("elapsed_ns", elapsed_ns), figure("memory_used_bytes", memory_used_bytes),
+            figure("cpu_time_us", cpu_time_us), cpu_time_measured, kinds,
+            figure("memory_allocated_bytes", memory_allocated_bytes),
+            figure("memory_peak_bytes", memory_peak_bytes))

@@ -57,9 +57,10 @@ cdef object _percentiles = _shared.percentiles
 
 @cython.final
 cdef class LatencyHistogram:
-    """A log-linear histogram of durations in nanoseconds.
+    """LatencyHistogram()
+--
 
-    LatencyHistogram()
+A log-linear histogram of durations in nanoseconds.
 
     record(ns) is O(1), allocates nothing and touches no numpy.  Buckets: one
     per value for 0..255 ns, then 128 linear sub-buckets per power of two up

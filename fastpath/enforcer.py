@@ -20,16 +20,29 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Literal, Mapping, Optional,
+                    ParamSpec, Tuple, Type, TypeVar, Union, overload)
 
 from . import _config
 from ._impl import core as _core
 from .audit import AuditLogSink, RuleAuditCounts, check_rate, describe_event, limit_fields
 from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
 
+if TYPE_CHECKING:
+    # mypy sees the typed twin: tests/test_parity.py keeps the compiled core's
+    # names and signatures identical to it.
+    from ._budget_py import ExecutionConstraints, ExecutionStats
+    from ._budget_py import _EnforcerCore as _CoreBase
+    from ._histogram_py import LatencyHistogram
+    from .typedefs import AuditMetrics, AuditMetricsJSON, RuleMetrics, RuleMetricsJSON
+else:
+    _CoreBase = _core._EnforcerCore
+
 __all__ = ["AuditEvent", "ConstraintEnforcer", "RuleType"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+T = TypeVar("T")
 E = TypeVar("E", bound="_EnforcerAPI")
 
 audit_logger = logging.getLogger("fastpath.audit")
@@ -61,12 +74,12 @@ class AuditEvent:
     rule_type: RuleType
     rule_id: Optional[str]
     violations: Tuple[ConstraintViolationType, ...]
-    stats: Any
+    stats: Optional[ExecutionStats]
     timestamp: _dt.datetime
     outcome: str
     interrupted: bool
     #: The ExecutionConstraints the call ran under (its limits), or None.
-    constraints: Any = None
+    constraints: Optional[ExecutionConstraints] = None
 
     def as_log_extra(self) -> Dict[str, Any]:
         """The fields as a flat dict for ``logging``'s ``extra=``."""
@@ -149,10 +162,10 @@ class _EnforcerAPI:
     @classmethod
     def with_constraints(
         cls: Type[E],
-        fast: Any,
-        semantic: Any,
-        wasm_hook: Any,
-        observational: Any,
+        fast: ExecutionConstraints,
+        semantic: ExecutionConstraints,
+        wasm_hook: ExecutionConstraints,
+        observational: ExecutionConstraints,
         **kwargs: Any,
     ) -> E:
         """An enforcer with four custom profiles (keywords as for the constructor)."""
@@ -191,12 +204,12 @@ class _EnforcerAPI:
         )
         self._core_setup(rules, self._transient, time.sleep)
 
-    def constraints_for(self, rule_type: RuleType) -> Any:
+    def constraints_for(self, rule_type: RuleType) -> ExecutionConstraints:
         """The ExecutionConstraints used for ``rule_type``."""
-        return self._rule_state(rule_type).constraints
+        return self._rule_state(rule_type).constraints  # type: ignore[no-any-return]
 
     # execute_with_constraints(rule_type, fn, /, *args, **kwargs) is inherited
-    # from the compiled core.
+    # from the compiled core (typed, for mypy, by the twin's _EnforcerCore).
 
     def constrained(self, rule_type: RuleType, *, rule_id: Optional[str] = None
                     ) -> Callable[[F], F]:
@@ -235,13 +248,17 @@ class _EnforcerAPI:
 
         return decorate
 
-    async def execute_async(self, rule_type: RuleType, fn: Callable[..., Any], /, *args: Any,
-                            **kwargs: Any) -> Any:
+    async def execute_async(self, rule_type: RuleType, fn: Callable[P, Awaitable[T]], /,
+                            *args: P.args, **kwargs: P.kwargs) -> T:
         """``execute_with_constraints`` for coroutines: sampling, a budget whose
         coroutine steps are each armed (``enforce_async``), transient retries with
         ``asyncio.sleep`` backoff inside the budget, the failure policy, audit,
-        counters and the latency histogram."""
-        return await self._execute_async_as(rule_type, None, fn, args, kwargs)
+        counters and the latency histogram.
+
+        Typed as returning what ``fn`` returns; a fail-open rule type returns
+        its fallback instead (``None`` unless configured)."""
+        return await self._execute_async_as(  # type: ignore[no-any-return]
+            rule_type, None, fn, args, kwargs)
 
     async def _execute_async_as(self, rule_type: RuleType, rule_id: Optional[str],
                                 fn: Callable[..., Any], args: Tuple[Any, ...],
@@ -318,13 +335,22 @@ class _EnforcerAPI:
         return self._audit_sink
 
     # -- metrics ----------------------------------------------------------------
-    def metrics(self, *, json: bool = False) -> Dict[Any, Dict[str, Any]]:
+    @overload
+    def metrics(self, *, json: Literal[False] = False) -> Dict[RuleType, RuleMetrics]: ...
+    @overload
+    def metrics(self, *, json: Literal[True]) -> Dict[str, RuleMetricsJSON]: ...
+    @overload
+    def metrics(self, *, json: bool) -> Union[Dict[RuleType, RuleMetrics],
+                                             Dict[str, RuleMetricsJSON]]: ...
+
+    def metrics(self, *, json: bool = False) -> Union[Dict[RuleType, RuleMetrics],
+                                                      Dict[str, RuleMetricsJSON]]:
         """Counters per rule type (see the README's "Metrics").
 
         ``json=True``: the same figures with string keys (``"fast"``,
         ``"TIMEOUT_EXCEEDED"``) and plain values, ready for ``json.dumps``.
         """
-        out: Dict[Any, Dict[str, Any]] = {}
+        out: Dict[Any, Any] = {}
         for rule_type in _RULE_ORDER:
             state = self._rule_state(rule_type)
             *counts, by_kind = state.counters()
@@ -341,7 +367,14 @@ class _EnforcerAPI:
                 out[rule_type] = entry
         return out
 
-    def audit_metrics(self, *, json: bool = False) -> Dict[str, Any]:
+    @overload
+    def audit_metrics(self, *, json: Literal[False] = False) -> AuditMetrics: ...
+    @overload
+    def audit_metrics(self, *, json: Literal[True]) -> AuditMetricsJSON: ...
+    @overload
+    def audit_metrics(self, *, json: bool) -> Union[AuditMetrics, AuditMetricsJSON]: ...
+
+    def audit_metrics(self, *, json: bool = False) -> Union[AuditMetrics, AuditMetricsJSON]:
         """Audited (violated) calls, per rule id, and what the sink did with them.
 
         ``events``: every audit event; ``sink_failures``: sink calls that
@@ -370,9 +403,9 @@ class _EnforcerAPI:
             "rules": rules,
         }
 
-    def latency_histogram(self, rule_type: RuleType) -> Any:
+    def latency_histogram(self, rule_type: RuleType) -> LatencyHistogram:
         """The LatencyHistogram of ``rule_type`` (live: it keeps recording)."""
-        return self._rule_state(rule_type).histogram
+        return self._rule_state(rule_type).histogram  # type: ignore[no-any-return]
 
     def reset_metrics(self) -> None:
         """Set every counter to zero and empty the latency histograms."""
@@ -384,7 +417,7 @@ class _EnforcerAPI:
         return f"<ConstraintEnforcer preempt={self._preempt} sink={self._audit_sink!r}>"
 
 
-class ConstraintEnforcer(_EnforcerAPI, _core._EnforcerCore):  # type: ignore[misc, name-defined]
+class ConstraintEnforcer(_EnforcerAPI, _CoreBase):
     """Runs rules under their rule type's constraints; one per service, thread-safe.
 
     ``ConstraintEnforcer(*, audit_sink=None, fallbacks=None,

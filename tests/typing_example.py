@@ -1,8 +1,14 @@
-"""A usage example type-checked with `mypy --strict` (tests/test_packaging.py)."""
+"""A usage example type-checked with `mypy --strict` (tests/test_typing.py, `make lint`).
+
+Every `assert_type` is checked by mypy: the types are the ones stated, not `Any`.
+"""
 
 from __future__ import annotations
 
+from typing import assert_type
+
 from fastpath import (
+    AuditEvent,
     ConstraintEnforcer,
     ConstraintViolation,
     ConstraintViolationType,
@@ -11,6 +17,15 @@ from fastpath import (
     ExecutionStats,
     LatencyHistogram,
     RuleType,
+    preemption_info,
+)
+from fastpath.typedefs import (
+    AuditMetrics,
+    AuditMetricsJSON,
+    HistogramSummary,
+    PreemptionInfo,
+    RuleMetrics,
+    RuleMetricsJSON,
 )
 
 
@@ -71,5 +86,50 @@ def p99_of(samples_ns: list[int]) -> int | None:
 
 configured: ConstraintEnforcer = ConstraintEnforcer.from_config(
     {"profiles": {"fast": {"max_exec_ms": 2}}, "audit": {"rate_per_s": 5}})
-as_json: dict[str, dict[str, object]] = configured.metrics(json=True)
+as_json: dict[str, RuleMetricsJSON] = configured.metrics(json=True)
 audited: int = configured.audit_metrics()["events"]
+
+# execute_with_constraints / execute_async return what fn returns, and check
+# fn's arguments (ParamSpec).
+assert_type(enforcer.execute_with_constraints(RuleType.FAST, evaluate, "curl/8"), bool)
+assert_type(enforcer.execute_with_constraints(RuleType.FAST, len, [1, 2]), int)
+
+
+async def lookup(key: str) -> list[str]:
+    return [key]
+
+
+async def run_async() -> None:
+    found = await enforcer.execute_async(RuleType.SEMANTIC, lookup, "k")
+    assert_type(found, list[str])
+
+
+# metrics(), audit_metrics(), preemption_info(), summary(): TypedDicts.
+per_type: dict[RuleType, RuleMetrics] = enforcer.metrics()
+fast_metrics = per_type[RuleType.FAST]
+assert_type(fast_metrics["calls"], int)
+assert_type(fast_metrics["violations"], dict[ConstraintViolationType, int])
+assert_type(fast_metrics["latency"]["p99_ns"], int | None)
+assert_type(as_json["fast"]["violations"], dict[str, int])
+audit: AuditMetrics = configured.audit_metrics()
+assert_type(audit["logged"], int | None)
+for rule_ids in audit["rules"].values():
+    for entry in rule_ids.values():
+        assert_type(entry["outcomes"], dict[str, int])
+audit_json: AuditMetricsJSON = configured.audit_metrics(json=True)
+info: PreemptionInfo = preemption_info()
+assert_type(info["clock"], str)
+assert_type(info["signal"], int | None)
+assert_type(LatencyHistogram().summary(), HistogramSummary)
+assert_type(enforcer.latency_histogram(RuleType.FAST), LatencyHistogram)
+assert_type(enforcer.constraints_for(RuleType.FAST), ExecutionConstraints)
+
+
+# AuditEvent.stats is Optional[ExecutionStats]; constraints Optional too.
+def sink(event: AuditEvent) -> None:
+    assert_type(event.stats, ExecutionStats | None)
+    if event.stats is not None and event.constraints is not None:
+        print(event.stats.elapsed_ms, event.constraints.max_exec_ms)
+
+
+sinking: ConstraintEnforcer = ConstraintEnforcer(audit_sink=sink)
