@@ -54,7 +54,8 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=macros,
-        depends=["fastpath/_fp_runtime.h", "fastpath/_fp_memhook.h", "fastpath/_budget.pxd",
+        depends=["fastpath/_fp_runtime.h", "fastpath/_fp_memhook.h", "fastpath/_fp_rules.h",
+                 "fastpath/_rules.pxi", "fastpath/_budget.pxd",
                  "fastpath/_histogram.pxd"],
     ),
     Extension(
