@@ -37,7 +37,7 @@ class _Breaker:
                max_half_open_ns: int, kind_mask: int, record_errors: bool,
                clock: Optional[Callable[[], float]]) -> None:
         self._lock = threading.Lock()
-        self.state = CLOSED
+        self._st = CLOSED
         self.failure_rate = failure_rate
         self.slow_call_rate = slow_call_rate
         self.slow_call_ns = slow_call_ns
@@ -76,13 +76,13 @@ class _Breaker:
     # -- admission ------------------------------------------------------------------
     def _admit(self) -> int:
         """0: refuse; 1: run (CLOSED / DISABLED); 2 + gen: run as a probe."""
-        state = self.state
+        state = self._st
         if state == CLOSED or state == DISABLED:
             return 1
         now = self._now_ns() if state != FORCED_OPEN else 0
         change: Optional[_Change] = None
         with self._lock:
-            state = self.state
+            state = self._st
             if state == CLOSED or state == DISABLED:
                 return 1
             if state == FORCED_OPEN:
@@ -142,7 +142,7 @@ class _Breaker:
             self._changed(*change)
 
     def _closed_outcome(self, outcome: int, now: int) -> Optional[_Change]:
-        if self.state != CLOSED:
+        if self._st != CLOSED:
             return None
         failed, slow = outcome & OUTCOME_FAILED, (outcome & OUTCOME_SLOW) >> 1
         if self.window_calls:
@@ -185,7 +185,7 @@ class _Breaker:
         return None
 
     def _probe_ended(self, gen: int, outcome: int, now: int) -> Optional[_Change]:
-        if self.state != HALF_OPEN or gen != self.half_open_gen:
+        if self._st != HALF_OPEN or gen != self.half_open_gen:
             return None
         self.probes_inflight -= 1
         if outcome < 0:
@@ -203,7 +203,7 @@ class _Breaker:
 
     # -- transitions (the lock is held) -------------------------------------------------
     def _move(self, new_state: int, now: int, reason: str) -> _Change:
-        old = self.state
+        old = self._st
         if new_state == OPEN:
             if old == HALF_OPEN:
                 backed_off = self.open_now_ns * self.open_backoff
@@ -221,7 +221,7 @@ class _Breaker:
         if new_state != HALF_OPEN:
             self.half_open_gen += 1
         self._clear()
-        self.state = new_state
+        self._st = new_state
         self.transitions += 1
         return (old, new_state, reason)
 
@@ -236,7 +236,7 @@ class _Breaker:
 
     def _snapshot(self) -> Tuple[int, ...]:
         with self._lock:
-            return (self.state, self.n, self.failures, self.slow, self.refused,
+            return (self._st, self.n, self.failures, self.slow, self.refused,
                     self.transitions, self.recorded, self.probes_inflight, self.open_until_ns,
                     self.open_now_ns)
 
@@ -315,7 +315,7 @@ def rule_refused(rule: Any, rule_id: Any, constraints: Any) -> Any:
     if constraints.fail_closed_on_timeout:
         raise ResourceExhausted(
             f"rule {rule_id!r} refused without running fn: its circuit breaker is "
-            f"{STATE_NAMES[rule.breaker.state]}")
+            f"{STATE_NAMES[rule.breaker._st]}")
     return rule.fallback
 
 

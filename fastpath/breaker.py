@@ -214,7 +214,10 @@ class _CircuitBreakerAPI:
                                           reason)
 
     def __repr__(self) -> str:
-        return f"<CircuitBreaker {self.state.name} {self._settings}>"
+        settings = getattr(self, "_settings", None)
+        if settings is None:
+            return "<CircuitBreaker (not initialised)>"
+        return f"<CircuitBreaker {self.state.name} {settings}>"
 
 
 def _bind_breaker(core: Any) -> type:
