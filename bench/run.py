@@ -310,6 +310,24 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
     add("17", "same, after `fastpath.otel.instrument(enforcer, spans=\"violations\")`",
         unchanged("execute_otel_violations"), "≤ 1.05× uninstrumented")
 
+    add("18", "registered `rule(f)` (FAST) − `f()`",
+        vs_f("rule", "compiled", 10, overhead=True), "≤ 10× f()")
+
+    def added(key: str, limit_ns: float):
+        def compute():
+            extra = r.cost(key, "compiled") - r.cost("rule", "compiled")
+            return (f"{fmt_ns(extra)} added ({fmt_ns(r.cost(key, 'compiled'))} vs "
+                    f"{fmt_ns(r.cost('rule', 'compiled'))} for rule(f))", extra <= limit_ns, extra)
+        return compute
+    add("19", "`rule(f)` with a closed `CircuitBreaker`, on top of (18)",
+        added("rule_breaker", 15), "≤ 15 ns")
+    add("20", "`rule(f)` with an `AdaptiveLimit` (1000-call windows), on top of (18)",
+        added("rule_adaptive", 10), "≤ 10 ns")
+    for peer in ("pybreaker", "circuitbreaker", "purgatory"):
+        add(f"19-{peer}", f"(19) vs {peer} closed-breaker `call(f)` − `f()` (reported)",
+            cheaper(("rule_breaker", peer), ("rule_breaker", "compiled"), 1, True, peer),
+            "≥ 1× cheaper")
+
     # -- reference rows (no goal) ---------------------------------------------
     refs: list[Goal] = []
 
@@ -408,6 +426,10 @@ OPERATIONS: list[tuple[str, str, str, list[str]]] = [
      ["func_timeout"]),
     ("execute_with_constraints(FAST, f)", "execute", "overhead", ["pybreaker"]),
     ("@constrained(FAST) wrapper", "constrained", "overhead", []),
+    ("registered rule(f) (FAST)", "rule", "overhead", []),
+    ("rule(f), closed CircuitBreaker", "rule_breaker", "overhead",
+     ["pybreaker", "circuitbreaker", "purgatory"]),
+    ("rule(f), AdaptiveLimit", "rule_adaptive", "overhead", []),
     ("execute_with_constraints(FAST, f), EnforcerCollector registered", "execute_prometheus",
      "overhead", []),
     ("execute_with_constraints(FAST, f), otel spans=violations", "execute_otel_violations",
