@@ -1348,6 +1348,7 @@ from ._rules_py import _Adaptive, _Breaker, Rule, rule_feed, rule_refused  # noq
 
 __all__ = [
     "ExecutionBudget",
+    "Rule",
     "ExecutionConstraints",
     "ExecutionStats",
     "preemption_info",

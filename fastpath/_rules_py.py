@@ -294,6 +294,7 @@ class _Adaptive:
                 new_ms = self.cap_ms          # the pN is censored at the deadline
             else:
                 p_ns = done.percentile(self.percentile)
+                assert p_ns is not None           # the window is not empty
                 new_ms = math.ceil(p_ns * self.headroom / 1e6)
                 new_ms = min(max(new_ms, self.min_ms), self.cap_ms)
             old_ms = self.limit_ms

@@ -26,12 +26,12 @@ __all__ = ["AdaptiveLimit"]
 def _real(name: str, value: Any, low: float, high: float, *, low_open: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
         raise InvalidConfiguration(f"AdaptiveLimit {name} must be a number, got {value!r}")
-    value = float(value)
-    if value < low or (low_open and value == low) or value > high:
+    number = float(value)
+    if number < low or (low_open and number == low) or number > high:
         raise InvalidConfiguration(
             f"AdaptiveLimit {name} must be within {'(' if low_open else '['}{low:g}, {high:g}], "
             f"got {value!r}")
-    return value
+    return number
 
 
 def _int(name: str, value: Any, low: int, *, optional: bool = False) -> Optional[int]:
@@ -107,7 +107,7 @@ class AdaptiveLimit:
                     f"AdaptiveLimit max_ms ({self.max_ms}) must be <= the rule's max_exec_ms "
                     f"({cap}): the configured limit is a hard cap")
             cap = self.max_ms
-        if self.min_ms > cap:  # type: ignore[operator]
+        if self.min_ms > cap:
             raise InvalidConfiguration(
                 f"AdaptiveLimit min_ms ({self.min_ms}) must be <= the rule's max_exec_ms "
                 f"({cap})")

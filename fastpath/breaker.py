@@ -47,12 +47,12 @@ def _number(name: str, value: Any, *, low: float, high: float = math.inf,
             low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
         raise InvalidConfiguration(f"CircuitBreaker {name} must be a number, got {value!r}")
-    value = float(value)
-    if value < low or (low_open and value == low) or value > high:
+    number = float(value)
+    if number < low or (low_open and number == low) or number > high:
         lo = "(" if low_open else "["
         raise InvalidConfiguration(
             f"CircuitBreaker {name} must be within {lo}{low:g}, {high:g}], got {value!r}")
-    return value
+    return number
 
 
 def _integer(name: str, value: Any, *, low: int, optional: bool = False) -> Optional[int]:

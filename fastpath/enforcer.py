@@ -120,6 +120,7 @@ class _EnforcerAPI:
     _rule_state: Callable[[RuleType], Any]
     _core_setup: Callable[..., None]
     _execute_as: Callable[..., Any]
+    _feed: Callable[..., None]
 
     def __init__(
         self,
