@@ -368,10 +368,12 @@ class _EnforcerAPI:
         self._emit(event)
 
     def _emit(self, event: AuditEvent) -> None:
-        """Hand an event to the hooks and the sink (circuit_state and
+        """Hand an event to the sink, and a violation to the hooks too
+        (fastpath.otel's spans are for violated calls; circuit_state and
         limit_changed events are not counted in audit_metrics' violated calls)."""
-        for hook in self._audit_hooks:
-            self._call_sink(hook, event)
+        if event.event_type == "constraint_violation":
+            for hook in self._audit_hooks:
+                self._call_sink(hook, event)
         self._call_sink(self._audit_sink, event)
 
     def _call_sink(self, sink: Callable[[AuditEvent], Any], event: AuditEvent) -> None:
