@@ -503,3 +503,28 @@ def _vectorcall_offset_probe():
 
 
 fp_enable_vectorcall(Rule, _vectorcall_offset_probe())
+
+
+def _measure_rule_extras(Py_ssize_t n):
+    """(closed breaker, adaptive limit): ns per call that each adds to a rule's
+    per-call path, measured in C loops over exactly what _pipeline runs for
+    them (a closed breaker's admit_c + record_c on a default-sized count
+    window; an adaptive limit's record_c with 1000-call windows, the
+    recomputation at each window's end included)."""
+    cdef _Breaker breaker = _Breaker.__new__(_Breaker)
+    cdef _Adaptive adaptive = _Adaptive(None, 99.0, 1.5, 1, 1000, 1000, 0, None)
+    cdef ExecutionBudget budget = ExecutionConstraints(1000).create_budget_c()
+    cdef Py_ssize_t i
+    cdef int64_t t0, t1, t2, token
+    breaker._setup(0.5, 1.0, -1, 20, 100, 0, 30000000000, 1.0, -1, 5, -1, 14, True, None)
+    budget._stop_ns = budget._start_ns + 1000
+    t0 = fp_now_ns()
+    for i in range(n):
+        token = breaker.admit_c()
+        breaker.record_c(token, budget, 0, 1000000000)
+    t1 = fp_now_ns()
+    for i in range(n):
+        if adaptive.record_c(1000 + (i & 1023), 0, 0):
+            adaptive._finish_window()
+    t2 = fp_now_ns()
+    return (t1 - t0) / <double>n, (t2 - t1) / <double>n
