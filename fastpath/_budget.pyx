@@ -1235,7 +1235,7 @@ cdef class _RuleState:
             self.violations[_SAMPLED_OUT] += 1
             return None, 0
         if self.breaker is not None:
-            token = self.breaker.admit_c()
+            token = _breaker_admit(self.breaker)
             if token == 0:
                 _rule_refused(self, self.rule_id, self.constraints)
                 return None, 0
@@ -1346,7 +1346,7 @@ cdef class _EnforcerCore:
             rule.violations[_SAMPLED_OUT] += 1
             return rule.fallback
         if rule.breaker is not None:
-            token = rule.breaker.admit_c()
+            token = _breaker_admit(rule.breaker)
             if token == 0:
                 return _rule_refused(rule, rule_id, c)
         # Issue 14's quota admission goes here: after the breaker, before the budget.

@@ -121,12 +121,7 @@ cdef class _Breaker:
     # -- an admitted call's outcome -------------------------------------------------
     cdef int record_c(self, int64_t token, ExecutionBudget budget, int error,
                       int64_t deadline_ns) except -1:
-        cdef int outcome = 0
-        cdef int64_t slow_ns = self.slow_call_ns if self.slow_call_ns >= 0 else deadline_ns
-        if (budget._violation_mask & self.kind_mask) or (error > 0 and self.record_errors):
-            outcome |= FP_OUTCOME_FAILED
-        if budget._stop_ns - budget._start_ns > slow_ns:
-            outcome |= FP_OUTCOME_SLOW
+        cdef int outcome = _outcome_of(self, budget, error, deadline_ns)
         if token >= 2:
             return self._probe_ended(<uint64_t>(token - 2), -1 if error < 0 else outcome)
         if error < 0:
@@ -142,21 +137,12 @@ cdef class _Breaker:
             self._closed_outcome(outcome)
 
     cdef int _closed_outcome(self, int outcome) except -1:
-        cdef unsigned char old
         cdef int64_t epoch, i, b, now = 0
         if self.state != _CLOSED:
             return 0                # admitted before a trip, or DISABLED: not counted
         if self.ring != NULL:
-            if self.n == self.window_calls:
-                old = self.ring[self.ring_pos]
-                self.failures -= old & FP_OUTCOME_FAILED
-                self.slow -= (old & FP_OUTCOME_SLOW) >> 1
-            else:
-                self.n += 1
-            self.ring[self.ring_pos] = <unsigned char>outcome
-            self.ring_pos += 1
-            if self.ring_pos == self.window_calls:
-                self.ring_pos = 0
+            _ring_push(self, outcome)
+            return _check_trip(self, 0)
         else:
             now = self.now_c()      # may run Python code (a test clock): re-read the state
             if self.state != _CLOSED:
@@ -188,12 +174,7 @@ cdef class _Breaker:
         self.failures += outcome & FP_OUTCOME_FAILED
         self.slow += (outcome & FP_OUTCOME_SLOW) >> 1
         self.recorded += 1
-        if self.n >= self.minimum_calls:
-            if self.failures >= self.failure_rate * self.n:
-                self._move(_OPEN, now if now else self.now_c(), "failure_rate")
-            elif self.slow >= self.slow_call_rate * self.n:
-                self._move(_OPEN, now if now else self.now_c(), "slow_call_rate")
-        return 0
+        return _check_trip(self, now)
 
     cdef int _probe_ended(self, uint64_t gen, int outcome) except -1:
         if self.state != _HALF_OPEN or gen != self.half_open_gen:
@@ -259,6 +240,60 @@ cdef class _Breaker:
 
     def _admit(self):
         return self.admit_c()
+
+
+# The closed state's per-call work, as inline C functions: the pipeline runs
+# them directly (no vtable call) and the methods above share them.
+
+cdef inline int _outcome_of(_Breaker b, ExecutionBudget budget, int error,
+                            int64_t deadline_ns) noexcept:
+    cdef int outcome = 0
+    cdef int64_t slow_ns = b.slow_call_ns if b.slow_call_ns >= 0 else deadline_ns
+    if (budget._violation_mask & b.kind_mask) or (error > 0 and b.record_errors):
+        outcome |= FP_OUTCOME_FAILED
+    if budget._stop_ns - budget._start_ns > slow_ns:
+        outcome |= FP_OUTCOME_SLOW
+    return outcome
+
+
+cdef inline void _ring_push(_Breaker b, int outcome) noexcept:
+    cdef unsigned char old
+    if b.n == b.window_calls:
+        old = b.ring[b.ring_pos]
+        b.failures -= old & FP_OUTCOME_FAILED
+        b.slow -= (old & FP_OUTCOME_SLOW) >> 1
+    else:
+        b.n += 1
+    b.ring[b.ring_pos] = <unsigned char>outcome
+    b.ring_pos += 1
+    if b.ring_pos == b.window_calls:
+        b.ring_pos = 0
+    b.failures += outcome & FP_OUTCOME_FAILED
+    b.slow += (outcome & FP_OUTCOME_SLOW) >> 1
+    b.recorded += 1
+
+
+cdef inline int _check_trip(_Breaker b, int64_t now) except -1:
+    if b.n >= b.minimum_calls:
+        if b.failures >= b.failure_rate * b.n:
+            b._move(_OPEN, now if now else b.now_c(), "failure_rate")
+        elif b.slow >= b.slow_call_rate * b.n:
+            b._move(_OPEN, now if now else b.now_c(), "slow_call_rate")
+    return 0
+
+
+cdef inline int64_t _breaker_admit(_Breaker b) except -1:
+    if b.state == _CLOSED:
+        return 1
+    return b.admit_c()
+
+
+cdef inline int _breaker_record(_Breaker b, int64_t token, ExecutionBudget budget, int error,
+                                int64_t deadline_ns) except -1:
+    if token == 1 and error >= 0 and b.state == _CLOSED and b.ring != NULL:
+        _ring_push(b, _outcome_of(b, budget, error, deadline_ns))
+        return _check_trip(b, 0)
+    return b.record_c(token, budget, error, deadline_ns)
 
 
 # ------------------------------------------------------------------ adaptive limits
@@ -388,7 +423,7 @@ cdef int _rule_feed(_EnforcerCore core, _RuleState rule, ExecutionBudget budget,
     """error: 1 fn raised an Exception, -1 a BaseException (no outcome for the
     breaker: an interrupt or cancellation from outside), 0 none."""
     if rule.breaker is not None:
-        rule.breaker.record_c(token, budget, error, budget._constraints._max_exec_ns)
+        _breaker_record(rule.breaker, token, budget, error, budget._constraints._max_exec_ns)
     if rule.adaptive is not None and rule.adaptive.record_c(
             budget._stop_ns - budget._start_ns, (budget._violation_mask >> FP_TIMEOUT) & 1,
             budget._stop_ns):
@@ -520,8 +555,8 @@ def _measure_rule_extras(Py_ssize_t n):
     budget._stop_ns = budget._start_ns + 1000
     t0 = fp_now_ns()
     for i in range(n):
-        token = breaker.admit_c()
-        breaker.record_c(token, budget, 0, 1000000000)
+        token = _breaker_admit(breaker)
+        _breaker_record(breaker, token, budget, 0, 1000000000)
     t1 = fp_now_ns()
     for i in range(n):
         if adaptive.record_c(1000 + (i & 1023), 0, 0):
