@@ -62,7 +62,7 @@ extensions = [
         extra_link_args=link_args,
         define_macros=macros,
         depends=sorted(glob.glob("fastpath/_fp_*.h"))
-        + ["fastpath/_budget.pxd", "fastpath/_histogram.pxd"],
+        + ["fastpath/_rules.pxi", "fastpath/_budget.pxd", "fastpath/_histogram.pxd"],
     ),
     Extension(
         "fastpath._histogram",

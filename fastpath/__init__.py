@@ -10,6 +10,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from ._impl import IMPLEMENTATION, core, histogram
+from .adaptive import AdaptiveLimit
+from .breaker import CircuitBreaker, CircuitState
 from .enforcer import AuditEvent, ConstraintEnforcer, RuleType
 from .errors import (
     ConstraintError,
@@ -40,10 +42,12 @@ if TYPE_CHECKING:
         uninterruptible,
     )
     from ._histogram_py import LatencyHistogram
+    from ._rules_py import Rule
 else:
     ExecutionConstraints = core.ExecutionConstraints
     ExecutionBudget = core.ExecutionBudget
     ExecutionStats = core.ExecutionStats
+    Rule = core.Rule
     set_preemption = core.set_preemption
     preemption_info = core.preemption_info
     uninterruptible = core.uninterruptible
@@ -52,7 +56,11 @@ else:
 
 __all__ = [
     "IMPLEMENTATION",
+    "AdaptiveLimit",
     "AuditEvent",
+    "CircuitBreaker",
+    "CircuitState",
+    "Rule",
     "BackoffStrategy",
     "ConstraintEnforcer",
     "RuleType",

@@ -93,6 +93,81 @@ cdef class ExecutionBudget:
     cdef object _violation(self, int mask, bint interrupted, object interruptible)
 
 
+cdef class _Breaker:
+    # A CircuitBreaker's state machine and window (C integers, changed with
+    # the GIL held and never across fn; fastpath/breaker.py is the Python face).
+    cdef int state                     # CLOSED 0, OPEN 1, HALF_OPEN 2, FORCED_OPEN 3, DISABLED 4
+    cdef double failure_rate           # trip when failures >= failure_rate * calls
+    cdef double slow_call_rate         # trip when slow calls >= slow_call_rate * calls
+    cdef int64_t slow_call_ns          # a slow call takes longer; -1: the rule's deadline
+    cdef int64_t minimum_calls         # calls in the window before it may trip
+    cdef int64_t window_calls          # count window: ring length; 0 when time-based
+    cdef int64_t bucket_ns             # time window: width of a bucket; 0 when count-based
+    cdef int64_t nbuckets              # time window: buckets in the ring
+    cdef unsigned char *ring           # count window: one outcome byte per call
+    cdef int64_t *buckets              # time window: (epoch, calls, failures, slow) per bucket
+    cdef int64_t ring_pos              # count window: next slot
+    cdef int64_t last_epoch            # time window: newest bucket epoch
+    cdef int64_t n                     # calls in the window
+    cdef int64_t failures              # failed calls in the window
+    cdef int64_t slow                  # slow calls in the window
+    cdef int64_t open_base_ns          # open_ms
+    cdef int64_t open_now_ns           # the current open duration (backed off)
+    cdef int64_t max_open_ns           # cap of the backed-off duration; -1: none
+    cdef double open_backoff           # multiplier at each re-opening from HALF_OPEN
+    cdef int64_t open_until_ns         # OPEN: when probing may start
+    cdef int64_t half_open_calls       # probes per HALF_OPEN period
+    cdef int64_t max_half_open_ns      # HALF_OPEN longer than this re-opens; -1: no limit
+    cdef int64_t half_open_since_ns    # when HALF_OPEN began
+    cdef uint64_t half_open_gen        # which HALF_OPEN period a probe belongs to
+    cdef int64_t probes_inflight       # probes running now
+    cdef int64_t probes_done           # probes finished in this period
+    cdef int64_t probes_failed         # of those, failures
+    cdef int64_t probes_slow           # of those, slow calls
+    cdef int kind_mask                 # violation kinds (1 << kind) that are failures
+    cdef bint record_errors            # fn's own exceptions are failures
+    cdef object clock                  # None: CLOCK_MONOTONIC; else a callable -> seconds
+    cdef uint64_t refused              # calls refused
+    cdef uint64_t transitions          # state changes
+    cdef uint64_t recorded             # calls recorded in a window (all time)
+
+    # 0: refuse the call; 1: run it (CLOSED / DISABLED); 2 + gen: run it as a probe.
+    cdef int64_t admit_c(self) except -1
+    # Record the outcome of an admitted call (error: 1 fn raised an Exception,
+    # -1 a BaseException that is no outcome, 0 none).
+    cdef int record_c(self, int64_t token, ExecutionBudget budget, int error,
+                      int64_t deadline_ns) except -1
+    cdef int64_t now_c(self) except? -1
+    cdef void _clear(self) noexcept
+    cdef int _closed_outcome(self, int outcome) except -1
+    cdef int _probe_ended(self, uint64_t gen, int outcome) except -1
+    cdef int _move(self, int new_state, int64_t now, str reason) except -1
+
+
+cdef class _Adaptive:
+    # An adaptive limit's per-rule state: the current window's latencies and
+    # the limit they gave (fastpath/adaptive.py is the Python face).
+    cdef readonly object settings      # the AdaptiveLimit
+    cdef double percentile             # pN of the window
+    cdef double headroom               # the limit is pN * headroom
+    cdef int64_t min_ms                # the limit never goes below
+    cdef int64_t cap_ms                # ... nor above (max_ms or the configured limit)
+    cdef int64_t window_calls          # a window is this many calls; 0: time-based
+    cdef int64_t window_ns             # ... or this long; 0: count-based
+    cdef object clock                  # None: CLOCK_MONOTONIC; else a callable -> seconds
+    cdef LatencyHistogram current      # this window's latencies
+    cdef LatencyHistogram previous     # the last finished window's (the rotating pair)
+    cdef int64_t n                     # calls in this window
+    cdef int64_t timeouts              # of those, timed out (their latency is censored)
+    cdef int64_t window_start_ns       # time window: when it began
+    cdef readonly int64_t limit_ms     # the effective max_exec_ms
+    cdef readonly uint64_t windows     # windows finished
+    cdef readonly uint64_t changes     # windows that changed the limit
+
+    # 1 when this call ended the window (the caller then runs _finish_window).
+    cdef int record_c(self, int64_t elapsed_ns, bint timed_out, int64_t stop_ns) except -1
+
+
 cdef class _RuleState:
     # One rule type's profile and counters inside an enforcer (exact: updated
     # with the GIL held, never across the rule's own code).
@@ -111,6 +186,13 @@ cdef class _RuleState:
     cdef uint64_t retries              # transient-error retries started
     cdef uint64_t violations[6]        # per ConstraintViolationType value
     cdef readonly LatencyHistogram histogram  # elapsed ns of every executed call
+    # -- registered rules only (enforcer.rule()); None / 0 for a rule type's state
+    cdef readonly object rule_id       # the rule's id
+    cdef readonly ExecutionConstraints configured  # its constraints before adaptation
+    cdef readonly _Breaker breaker     # its circuit breaker, or None
+    cdef readonly _Adaptive adaptive   # its adaptive limit's state, or None
+    cdef readonly object quota         # issue 14's quota, stored; admission hook in _pipeline
+    cdef uint64_t refused              # calls the breaker refused (fn not run)
 
 
 cdef class _EnforcerCore:
@@ -122,3 +204,11 @@ cdef class _EnforcerCore:
     cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
                           Py_ssize_t nargs, PyObject *kwnames)
     cdef _RuleState _rule_for(self, object rule_type)
+
+
+cdef class Rule:
+    # A registered rule (enforcer.rule()): called through vectorcall, straight
+    # into _EnforcerCore._pipeline with its own _RuleState.
+    cdef void *_vectorcall             # the vectorcall entry (PEP 590)
+    cdef readonly _EnforcerCore enforcer  # the enforcer it is registered with
+    cdef readonly _RuleState _state    # its profile, breaker, adaptive state, counters

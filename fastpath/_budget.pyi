@@ -14,6 +14,7 @@ from ._budget_py import _awaitable as _awaitable
 from ._budget_py import _EnforcerCore as _EnforcerCore
 from ._budget_py import _reseed_sampler as _reseed_sampler
 from ._budget_py import _RuleState as _RuleState
+from ._budget_py import Rule as Rule
 from ._budget_py import current_budget as current_budget
 from ._budget_py import preemption_info as preemption_info
 from ._budget_py import set_preemption as set_preemption

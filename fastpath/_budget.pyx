@@ -32,6 +32,7 @@ __all__ = [
     "ExecutionBudget",
     "ExecutionConstraints",
     "ExecutionStats",
+    "Rule",
     "preemption_info",
     "current_budget",
     "set_preemption",
@@ -1216,6 +1217,8 @@ fp_install_fastcall(ExecutionBudget, "enforce", _enforce_fastcall, _ENFORCE_DOC)
 
 # ------------------------------------------------------------------ the enforcer
 
+include "_rules.pxi"
+
 cdef int _SAMPLED_OUT = FP_SAMPLED_OUT
 
 
@@ -1223,9 +1226,17 @@ cdef int _SAMPLED_OUT = FP_SAMPLED_OUT
 cdef class _RuleState:
     """One rule type's profile and counters (see ConstraintEnforcer)."""
 
-    def __init__(self, key, ExecutionConstraints constraints, fallback, bint preempt):
+    def __init__(self, key, ExecutionConstraints constraints, fallback, bint preempt,
+                 rule_id=None, _Breaker breaker=None, _Adaptive adaptive=None, quota=None):
         self.key = key
+        self.configured = constraints
+        if adaptive is not None and adaptive.limit_ms != constraints._max_exec_ms:
+            constraints = constraints.replace(max_exec_ms=adaptive.limit_ms)
         self.constraints = constraints
+        self.rule_id = rule_id
+        self.breaker = breaker
+        self.adaptive = adaptive
+        self.quota = quota
         self.fallback = fallback
         self.preempt = preempt
         self.histogram = LatencyHistogram()
@@ -1240,19 +1251,31 @@ cdef class _RuleState:
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
                 self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
 
+    @property
+    def refused_calls(self):
+        """Calls the breaker refused."""
+        return self.refused
+
     # -- execute_async: the same bookkeeping as _pipeline, around awaits --------
     def _admit(self):
-        """Count a call: its budget, or None when sampled out."""
+        """Count a call: (its budget, the breaker's token), or (None, 0) when
+        sampled out or refused fail open; a refusal fail closed raises."""
         cdef ExecutionBudget budget
+        cdef int64_t token = 1
         self.calls += 1
         if not self.constraints.should_sample_c():
             self.sampled_out += 1
             self.violations[_SAMPLED_OUT] += 1
-            return None
+            return None, 0
+        if self.breaker is not None:
+            token = _breaker_admit(self.breaker)
+            if token == 0:
+                _rule_refused(self, self.rule_id, self.constraints)
+                return None, 0
         self.executed += 1
         budget = self.constraints.create_budget_c()
         budget._preempt = self.preempt
-        return budget
+        return budget, token
 
     def _settle(self, ExecutionBudget budget, exc, tuple transient, int64_t attempt):
         """After an attempt: 0 returned, 1 retry after backoff_s, 2 "deny" (raise exc,
@@ -1288,6 +1311,7 @@ cdef class _RuleState:
         cdef int k
         self.calls = self.executed = self.sampled_out = 0
         self.fail_open = self.fail_closed = self.errors = self.retries = 0
+        self.refused = 0
         for k in range(6):
             self.violations[k] = 0
         self.histogram.reset_c()
@@ -1314,6 +1338,8 @@ cdef class _EnforcerCore:
 
     cdef _RuleState _rule_for(self, object rule_type):
         cdef _RuleState rule
+        if type(rule_type) is _RuleState:
+            return <_RuleState>rule_type         # a registered rule's own state
         for rule in self._rules:
             if rule.key is rule_type:
                 return rule
@@ -1322,11 +1348,29 @@ cdef class _EnforcerCore:
     def _audit(self, rule_type, rule_id, fn, violation, outcome):
         pass    # ConstraintEnforcer emits the audit event
 
+    def _limit_changed(self, rule, change):
+        pass    # ConstraintEnforcer emits the audit event
+
+    def _window_end(self, _RuleState rule):
+        """An adaptive window ended: the next limit, off the per-call path."""
+        change = rule.adaptive._finish_window()
+        if change is None:
+            return
+        constraints = rule.configured.replace(max_exec_ms=change[1])
+        if rule.adaptive.limit_ms == change[1]:      # not overtaken by a later window
+            rule.constraints = constraints
+        self._limit_changed(rule, change)
+
+    def _feed(self, _RuleState rule, ExecutionBudget budget, int64_t token, int error):
+        """execute_async's end of a call: the breaker and the adaptive limit."""
+        if rule.breaker is not None or rule.adaptive is not None:
+            _rule_feed(self, rule, budget, token, error)
+
     cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
                           Py_ssize_t nargs, PyObject *kwnames):
         cdef ExecutionConstraints c = rule.constraints
         cdef ExecutionBudget budget
-        cdef int64_t attempt = 1
+        cdef int64_t attempt = 1, token = 1
         cdef object result
         cdef int i
         rule.calls += 1
@@ -1334,6 +1378,11 @@ cdef class _EnforcerCore:
             rule.sampled_out += 1
             rule.violations[_SAMPLED_OUT] += 1
             return rule.fallback
+        if rule.breaker is not None:
+            token = _breaker_admit(rule.breaker)
+            if token == 0:
+                return _rule_refused(rule, rule_id, c)
+        # Issue 14's quota admission goes here: after the breaker, before the budget.
         rule.executed += 1
         budget = c.create_budget_c()
         while True:
@@ -1342,15 +1391,15 @@ cdef class _EnforcerCore:
             except BaseException as exc:
                 if budget._raised:
                     # This budget's own violation: count it, audit it, apply the policy.
-                    rule.histogram.record_c(budget._stop_ns - budget._start_ns)
+                    _rule_ended(self, rule, budget, token, 0)
                     for i in range(budget._violation_count):
                         rule.violations[budget._violation_order[i]] += 1
                     if c._fail_closed:
                         rule.fail_closed += 1
-                        self._audit(rule.key, rule_id, fn, exc, "deny")
+                        self._audit(rule, rule_id, fn, exc, "deny")
                         raise
                     rule.fail_open += 1
-                    self._audit(rule.key, rule_id, fn, exc, "fallback")
+                    self._audit(rule, rule_id, fn, exc, "fallback")
                     return rule.fallback
                 if _will_retry(self, rule, budget, attempt, exc):
                     # Transient: retry inside the same budget, if it can cover the delay.
@@ -1360,16 +1409,16 @@ cdef class _EnforcerCore:
                         self._sleep(rule.backoff_ns / 1e9)
                     continue
                 rule.errors += 1
-                rule.histogram.record_c(budget._stop_ns - budget._start_ns)
+                _rule_ended(self, rule, budget, token, 1 if isinstance(exc, Exception) else -1)
                 if budget._violation_count:
                     # Late and then failed: fn's exception propagates, the
                     # violation is still counted and audited.
                     for i in range(budget._violation_count):
                         rule.violations[budget._violation_order[i]] += 1
-                    self._audit(rule.key, rule_id, fn,
+                    self._audit(rule, rule_id, fn,
                                 budget._violation(-1, False, None), "error")
                 raise
-            rule.histogram.record_c(budget._stop_ns - budget._start_ns)
+            _rule_ended(self, rule, budget, token, 0)
             return result
 
 

@@ -1144,13 +1144,27 @@ class _RuleState:
     __slots__ = (
         "key", "constraints", "fallback", "preempt", "max_attempts", "backoff_s",
         "calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors", "retries",
-        "violations", "histogram",
+        "violations", "histogram", "rule_id", "configured", "breaker", "adaptive", "quota",
+        "refused", "_lock",
     )
 
     def __init__(self, key: Any, constraints: ExecutionConstraints, fallback: Any,
-                 preempt: bool) -> None:
+                 preempt: bool, rule_id: Any = None, breaker: Optional[_Breaker] = None,
+                 adaptive: Optional[_Adaptive] = None, quota: Any = None) -> None:
+        if breaker is not None and not isinstance(breaker, _Breaker):
+            raise TypeError(f"breaker must be a _Breaker of this core, got {breaker!r}")
+        if adaptive is not None and not isinstance(adaptive, _Adaptive):
+            raise TypeError(f"adaptive must be an _Adaptive of this core, got {adaptive!r}")
         self.key = key
+        self.configured = constraints
+        if adaptive is not None and adaptive.limit_ms != constraints.max_exec_ms:
+            constraints = constraints.replace(max_exec_ms=adaptive.limit_ms)
         self.constraints = constraints
+        self.rule_id = rule_id
+        self.breaker = breaker
+        self.adaptive = adaptive
+        self.quota = quota
+        self._lock = _counter_lock
         self.fallback = fallback
         self.preempt = preempt
         self.max_attempts = 1 + (constraints.max_retries or 0)
@@ -1162,18 +1176,31 @@ class _RuleState:
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
                 self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
 
+    @property
+    def refused_calls(self) -> int:
+        """Calls the breaker refused."""
+        return self.refused
+
     # -- execute_async: the same bookkeeping as _pipeline, around awaits --------
-    def _admit(self) -> Optional["ExecutionBudget"]:
-        """Count a call: its budget, or None when sampled out."""
+    def _admit(self) -> Tuple[Optional["ExecutionBudget"], int]:
+        """Count a call: (its budget, the breaker's token), or (None, 0) when
+        sampled out or refused fail open; a refusal fail closed raises."""
         sampled = self.constraints.should_sample()
         with _counter_lock:
             self.calls += 1
             if not sampled:
                 self.sampled_out += 1
                 self.violations[_SAMPLED_OUT] += 1
-                return None
+                return None, 0
+        token = 1
+        if self.breaker is not None:
+            token = self.breaker._admit()
+            if token == 0:
+                _rule_refused(self, self.rule_id, self.constraints)
+                return None, 0
+        with _counter_lock:
             self.executed += 1
-        return ExecutionBudget(self.constraints, preempt=self.preempt)
+        return ExecutionBudget(self.constraints, preempt=self.preempt), token
 
     def _settle(self, budget: "ExecutionBudget", exc: Optional[BaseException],
                 transient: Tuple[type, ...], attempt: int) -> int:
@@ -1208,6 +1235,7 @@ class _RuleState:
     def reset(self) -> None:
         self.calls = self.executed = self.sampled_out = 0
         self.fail_open = self.fail_closed = self.errors = self.retries = 0
+        self.refused = 0
         self.violations = [0] * 6
         self.histogram.reset()
 
@@ -1230,6 +1258,8 @@ class _EnforcerCore:
         self._counter_lock = threading.Lock()
 
     def _rule_state(self, rule_type: Any) -> _RuleState:
+        if type(rule_type) is _RuleState:
+            return rule_type                  # a registered rule's own state
         for rule in self._rules:
             if rule.key is rule_type:
                 return rule
@@ -1237,6 +1267,30 @@ class _EnforcerCore:
 
     def _audit(self, rule_type: Any, rule_id: Any, fn: Any, violation: Any, outcome: str) -> None:
         pass  # ConstraintEnforcer emits the audit event
+
+    def _limit_changed(self, rule: _RuleState, change: Any) -> None:
+        pass  # ConstraintEnforcer emits the audit event
+
+    def _window_end(self, rule: _RuleState) -> None:
+        """An adaptive window ended: the next limit, off the per-call path."""
+        assert rule.adaptive is not None
+        change = rule.adaptive._finish_window()
+        if change is None:
+            return
+        constraints = rule.configured.replace(max_exec_ms=change[1])
+        if rule.adaptive.limit_ms == change[1]:      # not overtaken by a later window
+            rule.constraints = constraints
+        self._limit_changed(rule, change)
+
+    def _feed(self, rule: _RuleState, budget: "ExecutionBudget", token: int, error: int) -> None:
+        """execute_async's end of a call: the breaker and the adaptive limit."""
+        if rule.breaker is not None or rule.adaptive is not None:
+            _rule_feed(self, rule, budget, token, error)
+
+    def _ended(self, rule: _RuleState, budget: "ExecutionBudget", token: int, error: int) -> None:
+        rule.histogram.record(budget._stop_ns - budget._start_ns)
+        if rule.breaker is not None or rule.adaptive is not None:
+            _rule_feed(self, rule, budget, token, error)
 
     def execute_with_constraints(self, rule_type: RuleType, fn: Callable[P, T], /,
                                  *args: P.args, **kwargs: P.kwargs) -> T:
@@ -1262,10 +1316,16 @@ class _EnforcerCore:
             if not sampled:
                 rule.sampled_out += 1
                 rule.violations[_SAMPLED_OUT] += 1
-            else:
-                rule.executed += 1
         if not sampled:
             return rule.fallback
+        token = 1
+        if rule.breaker is not None:
+            token = rule.breaker._admit()
+            if token == 0:
+                return _rule_refused(rule, rule_id, c)
+        # Issue 14's quota admission goes here: after the breaker, before the budget.
+        with self._counter_lock:
+            rule.executed += 1
         budget = c.create_budget()
         attempt = 1
         while True:
@@ -1273,7 +1333,7 @@ class _EnforcerCore:
                 result = budget._run(fn, args, kwargs, rule.preempt)
             except BaseException as exc:
                 if budget._raised:
-                    rule.histogram.record(budget._stop_ns - budget._start_ns)
+                    self._ended(rule, budget, token, 0)
                     with self._counter_lock:
                         for kind in budget._violations:
                             rule.violations[kind] += 1
@@ -1282,9 +1342,9 @@ class _EnforcerCore:
                         else:
                             rule.fail_open += 1
                     if c.fail_closed_on_timeout:
-                        self._audit(rule.key, rule_id, fn, exc, "deny")
+                        self._audit(rule, rule_id, fn, exc, "deny")
                         raise
-                    self._audit(rule.key, rule_id, fn, exc, "fallback")
+                    self._audit(rule, rule_id, fn, exc, "fallback")
                     return rule.fallback
                 if (attempt < rule.max_attempts and isinstance(exc, self._transient)
                         and budget.remaining_ms() / 1000 >= rule.backoff_s):
@@ -1298,11 +1358,11 @@ class _EnforcerCore:
                     rule.errors += 1
                     for kind in budget._violations:
                         rule.violations[kind] += 1
-                rule.histogram.record(budget._stop_ns - budget._start_ns)
+                self._ended(rule, budget, token, 1 if isinstance(exc, Exception) else -1)
                 if budget._violations:
-                    self._audit(rule.key, rule_id, fn, budget._violation(-1, False, None), "error")
+                    self._audit(rule, rule_id, fn, budget._violation(-1, False, None), "error")
                 raise
-            rule.histogram.record(budget._stop_ns - budget._start_ns)
+            self._ended(rule, budget, token, 0)
             if _is_awaitable(result):
                 _refuse_awaitable(fn, result, "enforce")
             return result
@@ -1314,8 +1374,11 @@ def _stopped_in_time(end: int, due: int) -> bool:
     return end - due <= DELIVERY_SLACK_NS + int(sys.getswitchinterval() * 1e9)
 
 
+from ._rules_py import _Adaptive, _Breaker, Rule, _rule_feed, _rule_refused  # noqa: E402
+
 __all__ = [
     "ExecutionBudget",
+    "Rule",
     "ExecutionConstraints",
     "ExecutionStats",
     "preemption_info",

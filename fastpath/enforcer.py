@@ -23,7 +23,7 @@ import weakref
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Literal, Mapping, Optional,
                     ParamSpec, Tuple, Type, TypeVar, Union, overload)
 
-from . import _config
+from . import _config, rules as _rules
 from ._impl import core as _core
 from .audit import AuditLogSink, RuleAuditCounts, check_rate, describe_event, limit_fields
 from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
@@ -80,6 +80,8 @@ class AuditEvent:
     interrupted: bool
     #: The ExecutionConstraints the call ran under (its limits), or None.
     constraints: Optional[ExecutionConstraints] = None
+    #: circuit_state / limit_changed events: what changed (see the README).
+    details: Optional[Dict[str, Any]] = None
 
     def as_log_extra(self) -> Dict[str, Any]:
         """The fields as a flat dict for ``logging``'s ``extra=``."""
@@ -95,6 +97,7 @@ class AuditEvent:
             "cpu_time_us": None if self.stats is None else self.stats.cpu_time_us,
             "audit_timestamp": self.timestamp.isoformat(),
             **limit_fields(self.constraints),
+            **({} if self.details is None else {"details": self.details}),
         }
 
 
@@ -130,6 +133,7 @@ class _EnforcerAPI:
     _rule_state: Callable[[RuleType], Any]
     _core_setup: Callable[..., None]
     _execute_as: Callable[..., Any]
+    _feed: Callable[..., None]
 
     def __init__(
         self,
@@ -157,6 +161,8 @@ class _EnforcerAPI:
         self._preempt = _config.check_bool("preempt", preempt)
         self._audit_failures = 0
         self._audit_failure_lock = threading.Lock()
+        self._registry: Dict[str, Any] = {}          # rule id -> Rule
+        self._registry_lock = threading.Lock()
         self._configure(_default_profiles(self._constraints_class))
 
     @classmethod
@@ -211,6 +217,44 @@ class _EnforcerAPI:
     # execute_with_constraints(rule_type, fn, /, *args, **kwargs) is inherited
     # from the compiled core (typed, for mypy, by the twin's _EnforcerCore).
 
+    # -- registered rules (fastpath/rules.py) --------------------------------------
+    def rule(self, rule_id: str, rule_type: RuleType, *, constraints: Any = None,
+             fallback: Any = ..., breaker: Any = None, adaptive: Any = None,
+             quota: Any = None) -> Any:
+        """The registered ``Rule`` ``rule_id`` (registered now if new).
+
+        ``constraints`` defaults to the rule type's profile and ``fallback``
+        (``...``: not given) to its fallback; ``breaker`` is a
+        ``CircuitBreaker``, ``adaptive`` an ``AdaptiveLimit``; ``quota`` is
+        stored for issue 14's quotas (not enforced yet).  The same id gives the
+        same handle; asking again with a different setting (an argument left at
+        its default is no setting) raises ``InvalidConfiguration``.
+        """
+        return _rules.register(self, rule_id, rule_type, constraints=constraints,
+                               fallback=fallback, breaker=breaker, adaptive=adaptive,
+                               quota=quota)
+
+    def rules(self) -> Dict[str, Any]:
+        """The registered rules, by id (a copy)."""
+        with self._registry_lock:
+            return dict(self._registry)
+
+    def rule_metrics(self, *, json: bool = False) -> Dict[str, Dict[str, Any]]:
+        """``metrics()``'s keys per registered rule id, plus ``rule_type``,
+        ``refused``, ``max_exec_ms``, ``breaker`` and ``adaptive`` (see the
+        README's "Rules")."""
+        return {rule_id: rule.metrics(json=json) for rule_id, rule in self.rules().items()}
+
+    def _rule_entry(self, state: Any, json: bool) -> Dict[str, Any]:
+        return _rules.rule_entry(state, json)
+
+    def _circuit_changed(self, state: Any, breaker: Any, old: Any, new: Any,
+                         reason: str) -> None:
+        self._emit(_rules.circuit_event(AuditEvent, state, breaker, old, new, reason))
+
+    def _limit_changed(self, state: Any, change: Any) -> None:
+        self._emit(_rules.limit_event(AuditEvent, state, change))
+
     def constrained(self, rule_type: RuleType, *, rule_id: Optional[str] = None
                     ) -> Callable[[F], F]:
         """Decorator: every call of the function runs under ``rule_type``.
@@ -227,6 +271,25 @@ class _EnforcerAPI:
             if not callable(fn):
                 raise TypeError(f"constrained() decorates a callable, got {fn!r}")
             rid = rule_id if rule_id is not None else _name_of(fn)
+            registered = self._registry.get(rid)
+            if registered is not None and registered.rule_type is not rule_type:
+                raise InvalidConfiguration(
+                    f"rule {rid!r} is registered as {registered.rule_type!r}, not {rule_type!r}")
+            if registered is not None:
+                # A registered rule id: its own constraints, breaker, adaptive
+                # limit and counters.
+                if inspect.iscoroutinefunction(fn):
+                    @functools.wraps(fn)
+                    async def async_rule_wrapper(*args: Any, **kwargs: Any) -> Any:
+                        return await registered.run_async(fn, *args, **kwargs)
+
+                    return async_rule_wrapper  # type: ignore[return-value]
+
+                @functools.wraps(fn)
+                def rule_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    return registered(fn, *args, **kwargs)
+
+                return rule_wrapper  # type: ignore[return-value]
             if inspect.iscoroutinefunction(fn):
                 run_async = self._execute_async_as
 
@@ -263,8 +326,13 @@ class _EnforcerAPI:
     async def _execute_async_as(self, rule_type: RuleType, rule_id: Optional[str],
                                 fn: Callable[..., Any], args: Tuple[Any, ...],
                                 kwargs: Dict[str, Any]) -> Any:
-        rule = self._rule_state(rule_type)
-        budget = rule._admit()
+        return await self._run_async_state(self._rule_state(rule_type), rule_id, fn, args,
+                                           kwargs)
+
+    async def _run_async_state(self, rule: Any, rule_id: Optional[str],
+                               fn: Callable[..., Any], args: Tuple[Any, ...],
+                               kwargs: Dict[str, Any]) -> Any:
+        budget, token = rule._admit()
         if budget is None:
             return rule.fallback
         attempt = 1
@@ -273,6 +341,10 @@ class _EnforcerAPI:
                 result = await budget.enforce_async(fn, *args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - classified by the core
                 outcome = rule._settle(budget, exc, self._transient, attempt)
+                if outcome != 1:
+                    self._feed(rule, budget, token,
+                               0 if outcome in (2, 3) else 1 if isinstance(exc, Exception)
+                               else -1)
                 if outcome == 1:
                     attempt += 1
                     if rule.backoff_s:
@@ -281,34 +353,44 @@ class _EnforcerAPI:
                         await asyncio.sleep(rule.backoff_s)
                     continue
                 if outcome == 2:
-                    self._audit(rule_type, rule_id, fn, exc, "deny")  # type: ignore[arg-type]
+                    self._audit(rule, rule_id, fn, exc, "deny")  # type: ignore[arg-type]
                     raise
                 if outcome == 3:
-                    self._audit(rule_type, rule_id, fn, exc, "fallback")  # type: ignore[arg-type]
+                    self._audit(rule, rule_id, fn, exc, "fallback")  # type: ignore[arg-type]
                     return rule.fallback
                 if budget.get_violations():
-                    self._audit(rule_type, rule_id, fn, budget._late_violation(), "error")
+                    self._audit(rule, rule_id, fn, budget._late_violation(), "error")
                 raise
             rule._settle(budget, None, self._transient, attempt)
+            self._feed(rule, budget, token, 0)
             return result
 
     # -- audit (slow path: only violated calls get here) ----------------------
     def _audit(self, rule_type: RuleType, rule_id: Optional[str], fn: Any,
                violation: ConstraintViolation, outcome: str) -> None:
+        # rule_type is a RuleType, or a registered rule's state (rule.key is its type)
+        state = self._rule_state(rule_type)
         event = AuditEvent(
             event_type="constraint_violation",
-            rule_type=rule_type,
+            rule_type=state.key,
             rule_id=rule_id if rule_id is not None else _name_of(fn),
             violations=violation.violations,
             stats=violation.stats,
             timestamp=_dt.datetime.now(_dt.timezone.utc),
             outcome=outcome,
             interrupted=violation.interrupted,
-            constraints=self._rule_state(rule_type).constraints,
+            constraints=state.constraints,
         )
         self._audit_counts.record(event)
-        for hook in self._audit_hooks:
-            self._call_sink(hook, event)
+        self._emit(event)
+
+    def _emit(self, event: AuditEvent) -> None:
+        """Hand an event to the sink, and a violation to the hooks too
+        (fastpath.otel's spans are for violated calls; circuit_state and
+        limit_changed events are not counted in audit_metrics' violated calls)."""
+        if event.event_type == "constraint_violation":
+            for hook in self._audit_hooks:
+                self._call_sink(hook, event)
         self._call_sink(self._audit_sink, event)
 
     def _call_sink(self, sink: Callable[[AuditEvent], Any], event: AuditEvent) -> None:
@@ -411,6 +493,8 @@ class _EnforcerAPI:
         """Set every counter to zero and empty the latency histograms."""
         for rule_type in _RULE_ORDER:
             self._rule_state(rule_type).reset()
+        for rule in self.rules().values():
+            rule._state.reset()
         self._audit_counts.reset()
 
     def __repr__(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
+    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -194,6 +195,7 @@ class EnforcerCollector(Collector):
             yield refused
 
         yield from self._rule_families(audit["rules"])
+        yield from self._registered_families(enforcer if sampled else None)
 
         events = CounterMetricFamily(f"{ns}_audit_events", "Audit events (violated calls), "
                                      "every one, whatever the sink did with it.")
@@ -212,9 +214,8 @@ class EnforcerCollector(Collector):
             yield suppressed
 
     def _rule_families(self, rules: Dict[Any, Dict[str, Any]]) -> Iterator[Metric]:
-        """Per rule id.  Today the figures come from the audit events (violated
-        calls only); registered rules (``enforcer.rule_metrics()``, with calls,
-        latency and breaker state) will add their families here."""
+        """Per rule id, from the audit events (violated calls only); registered
+        rules have their own families (``_registered_families``)."""
         ns = self.namespace
         violated = CounterMetricFamily(
             f"{ns}_rule_violated_calls", "Violated (audited) calls per rule id, by outcome.",
@@ -246,6 +247,52 @@ class EnforcerCollector(Collector):
                 kinds.add_metric([rule_id, rule_type, kind], value)
         yield violated
         yield kinds
+
+    def _registered_families(self, enforcer: Any) -> Iterator[Metric]:
+        """Per registered rule (``enforcer.rule()``): calls, outcomes, refusals,
+        latency, the effective deadline and the breaker's state, labelled
+        ``rule_id`` and ``rule_type``; the first ``max_rule_ids`` rules only."""
+        ns = self.namespace
+        labels = ["rule_id", "rule_type"]
+        calls = CounterMetricFamily(f"{ns}_rule_calls", "Calls of a registered rule, executed, "
+                                    "sampled out or refused.", labels=labels)
+        outcomes = CounterMetricFamily(
+            f"{ns}_rule_call_outcomes", "Calls of a registered rule by outcome: ok, "
+            "sampled_out, fallback, deny, error.", labels=labels + ["outcome"])
+        refused = CounterMetricFamily(
+            f"{ns}_rule_refused", "Calls of a registered rule refused without running fn, "
+            "by cause.", labels=labels + ["cause"])
+        latency = HistogramMetricFamily(
+            f"{ns}_rule_latency_seconds", "Elapsed time of every executed call of a "
+            "registered rule.", labels=labels)
+        limit = GaugeMetricFamily(
+            f"{ns}_rule_max_exec_ms", "A registered rule's effective max_exec_ms (an "
+            "adaptive limit moves it).", labels=labels)
+        state = GaugeMetricFamily(
+            f"{ns}_breaker_state", "1 for the circuit breaker's current state, 0 for the "
+            "others.", labels=labels + ["state"])
+        transitions = CounterMetricFamily(
+            f"{ns}_breaker_transitions", "State changes of a rule's circuit breaker.",
+            labels=labels)
+        if enforcer is not None and hasattr(enforcer, "rules"):
+            for rule_id, rule in list(enforcer.rules().items())[:self.max_rule_ids]:
+                m = rule.metrics()
+                key = [str(rule_id), rule.rule_type.value]
+                calls.add_metric(key, m["calls"])
+                violated = m["fail_open"] + m["fail_closed"] + m["errors"]
+                for outcome, n in zip(CALL_OUTCOMES, (
+                        max(0, m["executed"] - violated), m["sampled_out"], m["fail_open"],
+                        m["fail_closed"], m["errors"]), strict=True):
+                    outcomes.add_metric(key + [outcome], n)
+                refused.add_metric(key + ["breaker"], m["refused"])
+                self._add_latency(latency, key, rule._state.histogram)
+                limit.add_metric(key, m["max_exec_ms"])
+                breaker = m["breaker"]
+                if breaker is not None:
+                    for name in ("closed", "open", "half_open", "forced_open", "disabled"):
+                        state.add_metric(key + [name], 1.0 if breaker["state"] == name else 0.0)
+                    transitions.add_metric(key, breaker["transitions"])
+        yield from (calls, outcomes, refused, latency, limit, state, transitions)
 
     def _add_latency(self, family: HistogramMetricFamily, labels: List[str], hist: Any) -> None:
         # __reduce__ gives one consistent snapshot: the non-empty buckets and the exact sum.

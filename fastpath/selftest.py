@@ -128,6 +128,49 @@ def check_enforcer() -> str:
     return "fail closed denies, fail open falls back, audit + metrics"
 
 
+def _expect(ok: bool, what: str) -> None:
+    """An explicit check (``python -O`` strips asserts)."""
+    if not ok:
+        raise AssertionError(what)
+
+
+def check_breaker() -> str:
+    from fastpath import CircuitBreaker, CircuitState, ResourceExhausted
+
+    now = [0.0]
+    events: List[Any] = []
+    e = ConstraintEnforcer(audit_sink=events.append, preempt=False)
+    breaker = CircuitBreaker(minimum_calls=2, window_calls=2, open_ms=100, half_open_calls=1,
+                             clock=lambda: now[0])
+    rule = e.rule("selftest-breaker", RuleType.FAST, constraints=ExecutionConstraints(1000),
+                  breaker=breaker)
+
+    def boom() -> None:
+        raise ValueError("failure")
+
+    for _ in range(2):
+        try:
+            rule(boom)
+        except ValueError:
+            pass
+    _expect(breaker.state is CircuitState.OPEN, f"2 failures of 2 left it {breaker.state!r}")
+    ran: List[int] = []
+    try:
+        rule(ran.append, 1)
+    except ResourceExhausted:
+        pass
+    else:
+        raise AssertionError("an open breaker did not refuse the call")
+    _expect(ran == [], "a refused call ran fn")
+    now[0] += 0.101
+    _expect(rule(abs, -2) == 2, "the half-open probe did not run")
+    _expect(breaker.state is CircuitState.CLOSED, f"a good probe left it {breaker.state!r}")
+    moves = [ev.details["to"] for ev in events if ev.event_type == "circuit_state"]
+    _expect(moves == ["open", "half_open", "closed"], f"audit events {moves}")
+    _expect(e.rule_metrics()["selftest-breaker"]["refused"] == 1, "refusal not counted")
+    return "closed -> open -> half_open -> closed, refusal without running fn, audited"
+
+
 def check_retry() -> str:
     delays: List[float] = []
     attempts: List[int] = []
@@ -238,6 +281,7 @@ CHECKS: List[Tuple[str, Callable[[], str]]] = [
     ("budget", check_budget),
     ("sampling", check_sampling),
     ("enforcer", check_enforcer),
+    ("circuit breaker", check_breaker),
     ("retry", check_retry),
     ("histogram", check_histogram),
     ("preemption", check_preemption),

@@ -12,7 +12,7 @@ import types
 import pytest
 
 import fastpath
-from fastpath import _budget_py, _histogram_py, enforcer, errors
+from fastpath import _budget_py, _histogram_py, breaker, enforcer, errors
 
 try:
     from fastpath import _budget as _compiled
@@ -44,6 +44,10 @@ def make_namespace(kind: str) -> types.SimpleNamespace:
     ns.ConstraintEnforcer = enforcer._bind_enforcer(core)
     ns.RuleType = enforcer.RuleType
     ns.AuditEvent = enforcer.AuditEvent
+    ns.CircuitBreaker = breaker._bind_breaker(core)
+    ns.CircuitState = breaker.CircuitState
+    ns.AdaptiveLimit = fastpath.AdaptiveLimit
+    ns.Rule = core.Rule
     return ns
 
 

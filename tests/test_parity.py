@@ -33,13 +33,19 @@ COMPILED_ONLY = {
 PROTOCOL = ("__enter__", "__exit__", "__aenter__", "__aexit__")
 
 
+#: Twin modules whose classes the twin core re-exports (the compiled core
+#: includes their counterparts, e.g. _rules.pxi).
+TWIN_PARTS = {"fastpath._budget_py": ("fastpath._rules_py",)}
+
+
 def _defined_here(module: Any) -> dict[str, Any]:
     """Public classes and functions defined in module (not imported into it)."""
+    homes = (module.__name__,) + TWIN_PARTS.get(module.__name__, ())
     out = {}
     for name, obj in vars(module).items():
         if name.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
             continue
-        if getattr(obj, "__module__", None) == module.__name__:
+        if getattr(obj, "__module__", None) in homes:
             out[name] = obj
     return out
 

@@ -262,3 +262,30 @@ def test_bad_arguments_are_invalid_configuration(fp, kwargs, match):
         EnforcerCollector(fp.ConstraintEnforcer(), **kwargs)
     with pytest.raises(fp.InvalidConfiguration, match="ConstraintEnforcer"):
         EnforcerCollector(object())
+
+
+def test_registered_rules_have_their_own_series(fp, scrape):
+    e = fp.ConstraintEnforcer(audit_sink=lambda event: None)
+    breaker = fp.CircuitBreaker(minimum_calls=1, window_calls=1)
+    rule = e.rule("deny-ua", fp.RuleType.FAST, constraints=fp.ExecutionConstraints(5000),
+                  breaker=breaker)
+    rule(abs, -1)
+
+    def boom():
+        raise ValueError
+
+    with pytest.raises(ValueError):
+        rule(boom)
+    with pytest.raises(fp.ResourceExhausted):
+        rule(abs, -1)
+    parsed = samples(scrape(EnforcerCollector(e)))
+    labels = {"rule_id": "deny-ua", "rule_type": "fast"}
+    assert value(parsed, "fastpath_rule_calls_total", **labels) == 3
+    assert value(parsed, "fastpath_rule_call_outcomes_total", outcome="ok", **labels) == 1
+    assert value(parsed, "fastpath_rule_call_outcomes_total", outcome="error", **labels) == 1
+    assert value(parsed, "fastpath_rule_refused_total", cause="breaker", **labels) == 1
+    assert value(parsed, "fastpath_rule_latency_seconds_count", **labels) == 2
+    assert value(parsed, "fastpath_rule_max_exec_ms", **labels) == 5000
+    assert value(parsed, "fastpath_breaker_state", state="open", **labels) == 1
+    assert value(parsed, "fastpath_breaker_state", state="closed", **labels) == 0
+    assert value(parsed, "fastpath_breaker_transitions_total", **labels) == 1

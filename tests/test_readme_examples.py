@@ -25,3 +25,23 @@ def test_the_asyncio_example_runs_and_prints_its_comment():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["200"]
+
+
+def _run_section(title: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-W", "error", "-c", _section_code(title)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_the_rules_example_runs_and_prints_what_it_says():
+    assert _run_section("Rules") == ["True", "1"]
+
+
+def test_the_circuit_breaker_example_runs_and_prints_what_it_says():
+    assert _run_section("Circuit breakers") == ["OPEN", "5 CLOSED",
+                                                "['open', 'half_open', 'closed']"]
+
+
+def test_the_adaptive_limit_example_runs_and_prints_what_it_says():
+    assert _run_section("Adaptive limits") == ["20 100"]

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = {"presets", "validation", "budget", "sampling", "enforcer", "retry", "histogram",
+NAMES = {"presets", "validation", "budget", "sampling", "enforcer", "circuit breaker", "retry",
+         "histogram",
          "preemption", "memory + CPU limits", "asyncio"}
 
 
