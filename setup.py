@@ -56,7 +56,7 @@ extensions = [
         extra_link_args=link_args,
         define_macros=macros,
         depends=sorted(glob.glob("fastpath/_fp_*.h"))
-        + ["fastpath/_budget.pxd", "fastpath/_histogram.pxd"],
+        + ["fastpath/_budget.pxd", "fastpath/_histogram.pxd", "fastpath/_quota.pxd"],
     ),
     Extension(
         "fastpath._histogram",
@@ -65,6 +65,14 @@ extensions = [
         extra_link_args=link_args,
         define_macros=macros,
         depends=["fastpath/_histogram.pxd"],
+    ),
+    Extension(
+        "fastpath._quota",
+        ["fastpath/_quota.pyx"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=macros,
+        depends=["fastpath/_quota.pxd"],
     ),
 ]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ._impl import IMPLEMENTATION, core, histogram
+from ._flow import current_flow_key
+from ._impl import IMPLEMENTATION, core, histogram, quota
 from .enforcer import AuditEvent, ConstraintEnforcer, RuleType
 from .errors import (
     ConstraintError,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         uninterruptible,
     )
     from ._histogram_py import LatencyHistogram
+    from ._quota_py import LocalQuotaStore, Quota
 else:
     ExecutionConstraints = core.ExecutionConstraints
     ExecutionBudget = core.ExecutionBudget
@@ -49,6 +51,8 @@ else:
     uninterruptible = core.uninterruptible
     current_budget = core.current_budget
     LatencyHistogram = histogram.LatencyHistogram
+    Quota = quota.Quota
+    LocalQuotaStore = quota.LocalQuotaStore
 
 __all__ = [
     "IMPLEMENTATION",
@@ -66,10 +70,13 @@ __all__ = [
     "ExecutionStats",
     "InvalidConfiguration",
     "LatencyHistogram",
+    "LocalQuotaStore",
+    "Quota",
     "ResourceExhausted",
     "RetryPolicy",
     "__version__",
     "current_budget",
+    "current_flow_key",
     "preemption_info",
     "set_preemption",
     "uninterruptible",

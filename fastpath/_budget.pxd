@@ -8,6 +8,7 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastpath._histogram cimport LatencyHistogram
+from fastpath._quota cimport Quota
 
 
 cdef class ExecutionConstraints:
@@ -111,6 +112,8 @@ cdef class _RuleState:
     cdef uint64_t retries              # transient-error retries started
     cdef uint64_t violations[6]        # per ConstraintViolationType value
     cdef readonly LatencyHistogram histogram  # elapsed ns of every executed call
+    cdef public Quota quota            # admission per flow key, or None (see _quota.pxd)
+    cdef uint64_t quota_refused        # calls its quota refused (fn not run)
 
 
 cdef class _EnforcerCore:
@@ -121,4 +124,8 @@ cdef class _EnforcerCore:
     # The pipeline of one call: sampling, budget, run, retries, policy.
     cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
                           Py_ssize_t nargs, PyObject *kwnames)
+    # The attempts of one admitted call under its budget: run, retries, policy.
+    cdef object _attempts(self, _RuleState rule, object rule_id, object fn,
+                          ExecutionBudget budget, PyObject **args, Py_ssize_t nargs,
+                          PyObject *kwnames)
     cdef _RuleState _rule_for(self, object rule_type)

@@ -4,6 +4,7 @@
 # helpers it calls; everything else (validation, repr, pickling) is off that
 # path and shares its logic with the pure-Python twin through fastpath._config.
 cimport cython
+from cpython.contextvars cimport get_value as _contextvar_get
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint32_t, uint64_t
@@ -16,13 +17,16 @@ import sys as _sys
 import threading as _threading
 
 from fastpath import _config, _critical
+from fastpath._flow import current_flow as _current_flow
 from fastpath._histogram cimport LatencyHistogram
+from fastpath._quota cimport Quota
 from fastpath.errors import (
     ConstraintViolation,
     ConstraintViolationType,
     EnforcementFailure,
     ExecutionInterrupted,
     InvalidConfiguration,
+    ResourceExhausted,
 )
 
 cdef extern from "Python.h":
@@ -1212,20 +1216,34 @@ cdef class _RuleState:
 
     def counters(self):
         """A snapshot: (calls, executed, sampled_out, fail_open, fail_closed, errors,
-        retries, {violation kind value: count})."""
+        retries, quota_refused, {violation kind value: count})."""
         cdef int k
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
-                self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+                self.errors, self.retries, self.quota_refused,
+                {k: self.violations[k] for k in range(1, 5)})
 
     # -- execute_async: the same bookkeeping as _pipeline, around awaits --------
     def _admit(self):
         """Count a call: its budget, or None when sampled out."""
-        cdef ExecutionBudget budget
+        if not self._sample():
+            return None
+        return self._start()
+
+    def _sample(self):
+        """Count a call; False when sampled out."""
         self.calls += 1
         if not self.constraints.should_sample_c():
             self.sampled_out += 1
             self.violations[_SAMPLED_OUT] += 1
-            return None
+            return False
+        return True
+
+    def _count_quota_refused(self):
+        self.quota_refused += 1
+
+    def _start(self):
+        """Count an executed call: its budget."""
+        cdef ExecutionBudget budget
         self.executed += 1
         budget = self.constraints.create_budget_c()
         budget._preempt = self.preempt
@@ -1265,6 +1283,7 @@ cdef class _RuleState:
         cdef int k
         self.calls = self.executed = self.sampled_out = 0
         self.fail_open = self.fail_closed = self.errors = self.retries = 0
+        self.quota_refused = 0
         for k in range(6):
             self.violations[k] = 0
         self.histogram.reset_c()
@@ -1299,20 +1318,30 @@ cdef class _EnforcerCore:
     def _audit(self, rule_type, rule_id, fn, violation, outcome):
         pass    # ConstraintEnforcer emits the audit event
 
+    def _quota_refused(self, rule_type, rule_id, fn, key, fail_closed):
+        if fail_closed:     # ConstraintEnforcer also audits, and says which quota
+            raise ResourceExhausted(f"quota exhausted for flow {key!r}")
+
     cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
                           Py_ssize_t nargs, PyObject *kwnames):
         cdef ExecutionConstraints c = rule.constraints
-        cdef ExecutionBudget budget
-        cdef int64_t attempt = 1
-        cdef object result
-        cdef int i
         rule.calls += 1
         if not c.should_sample_c():
             rule.sampled_out += 1
             rule.violations[_SAMPLED_OUT] += 1
             return rule.fallback
+        if rule.quota is not None:
+            return _quota_pipeline(self, rule, rule_id, fn, args, nargs, kwnames)
         rule.executed += 1
-        budget = c.create_budget_c()
+        return self._attempts(rule, rule_id, fn, c.create_budget_c(), args, nargs, kwnames)
+
+    cdef object _attempts(self, _RuleState rule, object rule_id, object fn,
+                          ExecutionBudget budget, PyObject **args, Py_ssize_t nargs,
+                          PyObject *kwnames):
+        cdef ExecutionConstraints c = rule.constraints
+        cdef int64_t attempt = 1
+        cdef object result
+        cdef int i
         while True:
             try:
                 result = budget.run_c(fn, args, nargs, kwnames, rule.preempt)
@@ -1348,6 +1377,29 @@ cdef class _EnforcerCore:
                 raise
             rule.histogram.record_c(budget._stop_ns - budget._start_ns)
             return result
+
+
+cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id, object fn,
+                            PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    # Admission before fn (a refused call takes nothing and never runs fn), then
+    # the debit of what the call measured: its budget's wall time and, when the
+    # quota limits CPU, this thread's CPU clock around the attempts.
+    cdef Quota quota = rule.quota
+    cdef object key = _contextvar_get(_current_flow, None)
+    cdef ExecutionBudget budget = rule.constraints.create_budget_c()
+    cdef int64_t cpu0 = 0
+    if not quota.admit_c(key, budget._start_ns):
+        rule.quota_refused += 1
+        core._quota_refused(rule.key, rule_id, fn, key, rule.constraints._fail_closed)
+        return rule.fallback
+    rule.executed += 1
+    if quota.tracks_cpu:
+        cpu0 = fp_thread_cpu_ns()
+    try:
+        return core._attempts(rule, rule_id, fn, budget, args, nargs, kwnames)
+    finally:
+        quota.debit_c(key, fp_thread_cpu_ns() - cpu0 if quota.tracks_cpu else 0,
+                      budget._now_or_stop() - budget._start_ns, budget._now_or_stop())
 
 
 cdef inline bint _will_retry(_EnforcerCore core, _RuleState rule, ExecutionBudget budget,
@@ -1613,6 +1665,11 @@ def build_info():
         "cflags": fp_build_cflags.decode(),
         "directives": fp_build_directives.decode(),
     }
+
+
+def _quota_class():
+    """The Quota class this core's enforcer admits calls through."""
+    return Quota
 
 
 def _reseed_sampler(seed):

@@ -32,12 +32,14 @@ from typing import (Any, Awaitable, Callable, Dict, Generator, List, Mapping, Op
 
 from . import _config
 from ._critical import thread_is_critical, track_collections
+from ._flow import current_flow
 from ._histogram_py import LatencyHistogram
 from .errors import (
     ConstraintViolation,
     ConstraintViolationType,
     ExecutionInterrupted,
     InvalidConfiguration,
+    ResourceExhausted,
 )
 
 T = TypeVar("T")
@@ -1132,7 +1134,7 @@ class _RuleState:
     __slots__ = (
         "key", "constraints", "fallback", "preempt", "max_attempts", "backoff_s",
         "calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors", "retries",
-        "violations", "histogram",
+        "violations", "histogram", "quota", "quota_refused",
     )
 
     def __init__(self, key: Any, constraints: ExecutionConstraints, fallback: Any,
@@ -1144,22 +1146,38 @@ class _RuleState:
         self.max_attempts = 1 + (constraints.max_retries or 0)
         self.backoff_s = (constraints.retry_backoff_ms or 0) / 1000
         self.histogram = LatencyHistogram()
+        self.quota: Any = None      # a _quota_py.Quota, or None
         self.reset()
 
-    def counters(self) -> Tuple[int, int, int, int, int, int, int, Dict[int, int]]:
+    def counters(self) -> Tuple[int, int, int, int, int, int, int, int, Dict[int, int]]:
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
-                self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+                self.errors, self.retries, self.quota_refused,
+                {k: self.violations[k] for k in range(1, 5)})
 
     # -- execute_async: the same bookkeeping as _pipeline, around awaits --------
     def _admit(self) -> Optional["ExecutionBudget"]:
         """Count a call: its budget, or None when sampled out."""
+        if not self._sample():
+            return None
+        return self._start()
+
+    def _sample(self) -> bool:
+        """Count a call; False when sampled out."""
         sampled = self.constraints.should_sample()
         with _counter_lock:
             self.calls += 1
             if not sampled:
                 self.sampled_out += 1
                 self.violations[_SAMPLED_OUT] += 1
-                return None
+        return sampled
+
+    def _count_quota_refused(self) -> None:
+        with _counter_lock:
+            self.quota_refused += 1
+
+    def _start(self) -> "ExecutionBudget":
+        """Count an executed call: its budget."""
+        with _counter_lock:
             self.executed += 1
         return ExecutionBudget(self.constraints, preempt=self.preempt)
 
@@ -1196,6 +1214,7 @@ class _RuleState:
     def reset(self) -> None:
         self.calls = self.executed = self.sampled_out = 0
         self.fail_open = self.fail_closed = self.errors = self.retries = 0
+        self.quota_refused = 0
         self.violations = [0] * 6
         self.histogram.reset()
 
@@ -1226,6 +1245,11 @@ class _EnforcerCore:
     def _audit(self, rule_type: Any, rule_id: Any, fn: Any, violation: Any, outcome: str) -> None:
         pass  # ConstraintEnforcer emits the audit event
 
+    def _quota_refused(self, rule_type: Any, rule_id: Any, fn: Any, key: Any,
+                       fail_closed: bool) -> None:
+        if fail_closed:     # ConstraintEnforcer also audits, and says which quota
+            raise ResourceExhausted(f"quota exhausted for flow {key!r}")
+
     def execute_with_constraints(self, rule_type: Any, fn: Callable[..., T], /, *args: Any,
                                  **kwargs: Any) -> Any:
         """Run fn under the rule type's constraints: sampling, budget, transient
@@ -1241,16 +1265,45 @@ class _EnforcerCore:
                   kwargs: Any) -> Any:
         c = rule.constraints
         sampled = c.should_sample()
+        quota = rule.quota
         with self._counter_lock:
             rule.calls += 1
             if not sampled:
                 rule.sampled_out += 1
                 rule.violations[_SAMPLED_OUT] += 1
-            else:
+            elif quota is None:
                 rule.executed += 1
         if not sampled:
             return rule.fallback
-        budget = c.create_budget()
+        if quota is not None:
+            return self._quota_pipeline(rule, rule_id, fn, args, kwargs)
+        return self._attempts(rule, rule_id, fn, c.create_budget(), args, kwargs)
+
+    def _quota_pipeline(self, rule: _RuleState, rule_id: Any, fn: Callable[..., T], args: Any,
+                        kwargs: Any) -> Any:
+        # Admission before fn (a refused call takes nothing and never runs fn), then
+        # the debit of what the call measured: its budget's wall time and, when the
+        # quota limits CPU, this thread's CPU clock around the attempts.
+        quota = rule.quota
+        key = current_flow.get()
+        if not quota.admit(key):
+            with self._counter_lock:
+                rule.quota_refused += 1
+            self._quota_refused(rule.key, rule_id, fn, key, rule.constraints.fail_closed_on_timeout)
+            return rule.fallback
+        with self._counter_lock:
+            rule.executed += 1
+        budget = rule.constraints.create_budget()
+        cpu0 = time.thread_time_ns() if quota.tracks_cpu else 0
+        try:
+            return self._attempts(rule, rule_id, fn, budget, args, kwargs)
+        finally:
+            quota.debit(key, time.thread_time_ns() - cpu0 if quota.tracks_cpu else 0,
+                        budget._now_or_stop() - budget._start_ns)
+
+    def _attempts(self, rule: _RuleState, rule_id: Any, fn: Callable[..., T],
+                  budget: "ExecutionBudget", args: Any, kwargs: Any) -> Any:
+        c = rule.constraints
         attempt = 1
         while True:
             try:
@@ -1290,6 +1343,13 @@ class _EnforcerCore:
             if _is_awaitable(result):
                 _refuse_awaitable(fn, result, "enforce")
             return result
+
+
+def _quota_class() -> type:
+    """The Quota class this core's enforcer admits calls through."""
+    from ._quota_py import Quota
+
+    return Quota
 
 
 def _stopped_in_time(end: int, due: int) -> bool:

@@ -23,9 +23,15 @@ import weakref
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 from . import _config
+from ._flow import Flow, current_flow
 from ._impl import core as _core
 from .audit import AuditLogSink, RuleAuditCounts, check_rate, describe_event, limit_fields
-from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
+from .errors import (
+    ConstraintViolation,
+    ConstraintViolationType,
+    InvalidConfiguration,
+    ResourceExhausted,
+)
 
 __all__ = ["AuditEvent", "ConstraintEnforcer", "RuleType"]
 
@@ -55,6 +61,10 @@ class AuditEvent:
     ``outcome`` is ``"deny"`` (fail closed: ConstraintViolation raised),
     ``"fallback"`` (fail open: the rule type's fallback returned) or ``"error"``
     (the call also raised its own exception, which propagated).
+
+    ``event_type`` is ``"constraint_violation"``, or ``"quota_exhausted"`` for a
+    call its quota refused (``violations`` empty, ``stats`` None, ``flow_key``
+    the key charged; ``outcome`` "deny" when ResourceExhausted was raised).
     """
 
     event_type: str
@@ -67,6 +77,8 @@ class AuditEvent:
     interrupted: bool
     #: The ExecutionConstraints the call ran under (its limits), or None.
     constraints: Any = None
+    #: The flow key a quota charged (quota_exhausted events), or None.
+    flow_key: Any = None
 
     def as_log_extra(self) -> Dict[str, Any]:
         """The fields as a flat dict for ``logging``'s ``extra=``."""
@@ -81,6 +93,7 @@ class AuditEvent:
             "memory_used_bytes": None if self.stats is None else self.stats.memory_used_bytes,
             "cpu_time_us": None if self.stats is None else self.stats.cpu_time_us,
             "audit_timestamp": self.timestamp.isoformat(),
+            "flow_key": None if self.flow_key is None else repr(self.flow_key),
             **limit_fields(self.constraints),
         }
 
@@ -94,7 +107,7 @@ def log_audit_event(event: AuditEvent) -> None:
 _RULE_ORDER = (RuleType.FAST, RuleType.SEMANTIC, RuleType.WASM_HOOK, RuleType.OBSERVATIONAL)
 _DEFAULT_TRANSIENT: Tuple[Type[Exception], ...] = (ConnectionError, TimeoutError)
 _COUNTER_NAMES = ("calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors",
-                  "retries")
+                  "retries", "quota_refused")
 
 
 def _default_profiles(constraints_cls: Any) -> Dict[RuleType, Any]:
@@ -126,6 +139,7 @@ class _EnforcerAPI:
         transient_errors: Tuple[Type[BaseException], ...] = _DEFAULT_TRANSIENT,
         preempt: bool = True,
         audit_rate_per_s: Optional[float] = 10.0,
+        quotas: Optional[Mapping[RuleType, Any]] = None,
     ) -> None:
         if audit_sink is not None and not callable(audit_sink):
             raise InvalidConfiguration(f"audit_sink must be callable or None, got {audit_sink!r}")
@@ -144,6 +158,7 @@ class _EnforcerAPI:
         self._preempt = _config.check_bool("preempt", preempt)
         self._audit_failures = 0
         self._audit_failure_lock = threading.Lock()
+        self._quotas = self._check_quotas(quotas)
         self._configure(_default_profiles(self._constraints_class))
 
     @classmethod
@@ -189,7 +204,76 @@ class _EnforcerAPI:
             )
             for rule_type in _RULE_ORDER
         )
+        for rule in rules:
+            rule.quota = self._quotas.get(rule.key)
         self._core_setup(rules, self._transient, time.sleep)
+
+    # -- quotas -------------------------------------------------------------------
+    def _check_quotas(self, quotas: Optional[Mapping[RuleType, Any]]) -> Dict[RuleType, Any]:
+        if quotas is None:
+            return {}
+        if not isinstance(quotas, Mapping):
+            raise InvalidConfiguration(f"quotas must be a mapping RuleType -> Quota, got {quotas!r}")
+        for rule_type, quota in quotas.items():
+            self._check_quota(rule_type, quota)
+        return dict(quotas)
+
+    def _check_quota(self, rule_type: Any, quota: Any) -> None:
+        if not isinstance(rule_type, RuleType):
+            raise InvalidConfiguration(f"quotas keys must be RuleType members, got {rule_type!r}")
+        quota_class = self._core_module._quota_class()
+        if quota is not None and type(quota) is not quota_class:
+            raise InvalidConfiguration(
+                f"the quota of {rule_type.value} must be a {quota_class.__module__}.Quota or "
+                f"None, got {quota!r}"
+            )
+
+    def set_quota(self, rule_type: RuleType, quota: Any) -> None:
+        """Admit the calls of ``rule_type`` through ``quota`` (a ``fastpath.Quota``),
+        charged to the current flow key; ``None`` removes it."""
+        self._check_quota(rule_type, quota)
+        if quota is None:
+            self._quotas.pop(rule_type, None)
+        else:
+            self._quotas[rule_type] = quota
+        self._rule_state(rule_type).quota = quota
+
+    def quota_for(self, rule_type: RuleType) -> Any:
+        """The Quota of ``rule_type``, or None."""
+        return self._rule_state(rule_type).quota
+
+    def flow(self, key: Any) -> Flow:
+        """``with enforcer.flow(key):`` / ``async with enforcer.flow(key):`` --
+        calls inside the block are charged to ``key`` by their quotas (a
+        contextvar: it follows asyncio tasks; blocks nest)."""
+        return Flow(key)
+
+    def _quota_refused(self, rule_type: RuleType, rule_id: Optional[str], fn: Any, key: Any,
+                       fail_closed: bool) -> None:
+        """A call its quota refused (counted by the core): audit, then raise
+        ResourceExhausted (fail closed) or return (the core returns the fallback)."""
+        quota = self._rule_state(rule_type).quota
+        event = AuditEvent(
+            event_type="quota_exhausted",
+            rule_type=rule_type,
+            rule_id=rule_id if rule_id is not None else _name_of(fn),
+            violations=(),
+            stats=None,
+            timestamp=_dt.datetime.now(_dt.timezone.utc),
+            outcome="deny" if fail_closed else "fallback",
+            interrupted=False,
+            constraints=self._rule_state(rule_type).constraints,
+            flow_key=key,
+        )
+        self._audit_counts.record(event)
+        for hook in self._audit_hooks:
+            self._call_sink(hook, event)
+        self._call_sink(self._audit_sink, event)
+        if fail_closed:
+            raise ResourceExhausted(
+                f"quota exhausted for flow {key!r} ({rule_type.value} rule {event.rule_id}): "
+                f"{quota!r}"
+            )
 
     def constraints_for(self, rule_type: RuleType) -> Any:
         """The ExecutionConstraints used for ``rule_type``."""
@@ -247,9 +331,34 @@ class _EnforcerAPI:
                                 fn: Callable[..., Any], args: Tuple[Any, ...],
                                 kwargs: Dict[str, Any]) -> Any:
         rule = self._rule_state(rule_type)
-        budget = rule._admit()
-        if budget is None:
+        quota = rule.quota
+        if quota is None:
+            budget = rule._admit()
+            if budget is None:
+                return rule.fallback
+            return await self._async_attempts(rule, rule_id, fn, budget, args, kwargs)
+        if not rule._sample():
             return rule.fallback
+        key = current_flow.get()
+        admitted = (await quota.store._admit_async(key)) if quota.is_async else quota.admit(key)
+        if not admitted:
+            rule._count_quota_refused()
+            self._quota_refused(rule_type, rule_id, fn, key,
+                                rule.constraints.fail_closed_on_timeout)
+            return rule.fallback
+        budget = rule._start()
+        try:
+            return await self._async_attempts(rule, rule_id, fn, budget, args, kwargs)
+        finally:
+            # The budget's figures: its wall time, and its CPU time (a reading of the
+            # thread's CPU clock over the coroutine's steps when the profile limits
+            # CPU; otherwise the wall-time bound ExecutionStats reports).
+            stats = budget.stats()
+            quota.debit(key, stats.cpu_time_us * 1000, stats.elapsed_ns)
+
+    async def _async_attempts(self, rule: Any, rule_id: Optional[str], fn: Callable[..., Any],
+                              budget: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        rule_type = rule.key
         attempt = 1
         while True:
             try:
