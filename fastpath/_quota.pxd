@@ -33,6 +33,27 @@ cdef class LocalQuotaStore:
 
 
 @cython.final
+cdef class _Lease:
+    cdef double left[3]                # capacity of the lease not spent yet (< 0: debt)
+    cdef double spent[3]               # spent since granted_ns (sizes the next lease)
+    cdef int64_t granted_ns            # when the current lease was granted (monotonic ns)
+    cdef int64_t expires_ns            # past this, the lease is returned at the next call
+
+
+@cython.final
+cdef class _LeaseTable:
+    # The leases a fleet-wide store (RedisQuotaStore) holds in this process: the
+    # per-call path spends them here, in C; the store's Python code refills them.
+    cdef dict _leases                  # flow key -> _Lease
+    cdef int _mask                     # the quota's limited resources
+
+    # 1: spent one call from a live lease, 0: the store must fetch (no round trip here).
+    cdef int spend_c(self, object key, int64_t now_ns) except -1
+    # Charge a finished call's measured CPU and wall ms to the key's lease.
+    cdef int debit_c(self, object key, double cpu_ms, double wall_ms) except -1
+
+
+@cython.final
 cdef class Quota:
     cdef double _rate[3]               # refill per ns: calls, cpu ms, wall ms
     cdef double _cap[3]                # the most each bucket holds (burst)
@@ -41,6 +62,7 @@ cdef class Quota:
     cdef readonly object burst         # periods' worth a bucket holds (None: 1)
     cdef readonly object store         # LocalQuotaStore or a Python store (RedisQuotaStore)
     cdef LocalQuotaStore _local        # store, when it is a LocalQuotaStore; else None
+    cdef _LeaseTable _leases           # the leases of a fleet-wide store; else None
     cdef readonly bint tracks_cpu      # cpu_ms is limited: the enforcer reads the CPU clock
     cdef readonly bint is_async        # the store needs awaiting (redis.asyncio)
 

@@ -165,6 +165,103 @@ cdef class LocalQuotaStore:
 
 
 @cython.final
+@cython.no_gc
+cdef class _Lease:
+    pass
+
+
+@cython.final
+cdef class _LeaseTable:
+    """Leases of capacity taken from a fleet-wide bucket, spent in this process.
+
+    spend_c / debit_c are the per-call path (C, GIL held: exact under threads);
+    take / give / drop are the store's refill path.  give() adds to what is
+    left and take() subtracts, so debits landing while a refill is in flight
+    are never lost."""
+
+    def __init__(self, int mask):
+        self._leases = {}
+        self._mask = mask
+
+    cdef int spend_c(self, object key, int64_t now_ns) except -1:
+        cdef object found = self._leases.get(key)
+        cdef _Lease lease
+        cdef int mask = self._mask
+        if found is None:
+            return 0
+        lease = <_Lease>found
+        if (now_ns >= lease.expires_ns or (mask & 1 and lease.left[0] < 1.0)
+                or (mask & 2 and lease.left[1] <= 0.0) or (mask & 4 and lease.left[2] <= 0.0)):
+            return 0
+        if mask & 1:
+            lease.left[0] -= 1.0
+            lease.spent[0] += 1.0
+        return 1
+
+    cdef int debit_c(self, object key, double cpu_ms, double wall_ms) except -1:
+        cdef object found = self._leases.get(key)
+        cdef _Lease lease
+        if found is None:
+            found = self._leases.setdefault(key, _new_lease())
+        lease = <_Lease>found
+        lease.left[1] -= cpu_ms
+        lease.spent[1] += cpu_ms
+        lease.left[2] -= wall_ms
+        lease.spent[2] += wall_ms
+        return 0
+
+    def spend(self, key, int64_t now_ns):
+        """spend_c from Python (the store's slow path, after a refill)."""
+        return self.spend_c(key, now_ns) == 1
+
+    def debit(self, key, double cpu_ms, double wall_ms):
+        self.debit_c(key, cpu_ms, wall_ms)
+
+    def take(self, key, int64_t now_ns):
+        """Empty the key's lease for a refill: (what was left, per second spent since
+        it was granted), each a 3-tuple; the lease is then expired."""
+        cdef _Lease lease = <_Lease>self._leases.setdefault(key, _new_lease())
+        cdef double elapsed_s = (now_ns - lease.granted_ns) / 1e9 if lease.granted_ns else 0.0
+        cdef int i
+        left = (lease.left[0], lease.left[1], lease.left[2])
+        rates = tuple([lease.spent[i] / elapsed_s if elapsed_s > 0 else 0.0 for i in range(3)])
+        for i in range(3):
+            lease.left[i] -= left[i]
+            lease.spent[i] = 0.0
+        lease.expires_ns = 0
+        return left, rates
+
+    def give(self, key, grants, int64_t now_ns, int64_t expires_ns):
+        """Add granted capacity (a 3-tuple) to the key's lease, live until expires_ns."""
+        cdef _Lease lease = <_Lease>self._leases.setdefault(key, _new_lease())
+        cdef int i
+        for i in range(3):
+            lease.left[i] += grants[i]
+        lease.granted_ns = now_ns
+        lease.expires_ns = expires_ns
+
+    def left(self, key):
+        """What is left of the key's lease (a 3-tuple of zeros without one)."""
+        cdef object found = self._leases.get(key)
+        cdef _Lease lease
+        if found is None:
+            return (0.0, 0.0, 0.0)
+        lease = <_Lease>found
+        return (lease.left[0], lease.left[1], lease.left[2])
+
+    def drop(self, key):
+        self._leases.pop(key, None)
+
+    def keys(self):
+        return list(self._leases)
+
+
+cdef _Lease _new_lease():
+    cdef _Lease lease = _Lease.__new__(_Lease)
+    return lease
+
+
+@cython.final
 cdef class Quota:
     """A quota per flow key: ``calls`` calls, ``cpu_ms`` ms of measured CPU time
     and ``wall_ms`` ms of wall time every ``per_s`` seconds, refilled
@@ -194,11 +291,19 @@ cdef class Quota:
         store._bind(self)
         self.store = store
         self._local = store if type(store) is LocalQuotaStore else None
+        if self._local is None:
+            self._leases = store._leases
         self.is_async = bool(getattr(store, "is_async", False))
+
+    def _new_lease_table(self):
+        """A lease table of this core, for a fleet-wide store's _bind()."""
+        return _LeaseTable(self._mask)
 
     cdef int admit_c(self, object key, int64_t now_ns) except -1:
         if self._local is not None:
             return self._local.admit_c(key, now_ns)
+        if self._leases.spend_c(key, now_ns):
+            return 1        # spent from this process's lease: no round trip
         return 1 if self.store._admit(key) else 0
 
     cdef int debit_c(self, object key, int64_t cpu_ns, int64_t wall_ns, int64_t now_ns) except -1:
@@ -206,13 +311,17 @@ cdef class Quota:
         cdef double wall_ms = wall_ns / 1e6 if self._mask & 4 else 0.0
         if self._local is not None:
             return self._local.debit_c(key, cpu_ms, wall_ms, now_ns)
-        self.store._debit(key, cpu_ms, wall_ms)
-        return 0
+        return self._leases.debit_c(key, cpu_ms, wall_ms)
 
     # -- Python level: the twin enforcer path, async rules, tests -------------
     def admit(self, key):
         """Admit one call for ``key`` now (taking one call); False: refused, nothing taken."""
         return self.admit_c(key, _mono_ns()) == 1
+
+    def _spend_lease(self, key):
+        """Async rules: one call from this process's lease (True), or False when
+        the store must fetch one (``await store._admit_async(key)``)."""
+        return self._leases is not None and self._leases.spend_c(key, _mono_ns()) == 1
 
     def debit(self, key, cpu_ns, wall_ns):
         """Charge a finished call's measured CPU and wall time (ns) to ``key``."""

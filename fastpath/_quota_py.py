@@ -150,6 +150,85 @@ class LocalQuotaStore:
         return f"<LocalQuotaStore keys={len(self._buckets)}>"
 
 
+class _Lease:
+    __slots__ = ("left", "spent", "granted_ns", "expires_ns")
+
+    def __init__(self) -> None:
+        self.left = [0.0, 0.0, 0.0]
+        self.spent = [0.0, 0.0, 0.0]
+        self.granted_ns = 0
+        self.expires_ns = 0
+
+
+class _LeaseTable:
+    """Leases of capacity taken from a fleet-wide bucket, spent in this process
+    (twin of the compiled table; a lock where that one relies on the GIL)."""
+
+    def __init__(self, mask: int) -> None:
+        self._leases: Dict[Any, _Lease] = {}
+        self._mask = mask
+        self._lock = threading.Lock()
+
+    def spend(self, key: Any, now_ns: int) -> bool:
+        mask = self._mask
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None:
+                return False
+            left = lease.left
+            if (now_ns >= lease.expires_ns or (mask & 1 and left[0] < 1.0)
+                    or (mask & 2 and left[1] <= 0.0) or (mask & 4 and left[2] <= 0.0)):
+                return False
+            if mask & 1:
+                left[0] -= 1.0
+                lease.spent[0] += 1.0
+            return True
+
+    def debit(self, key: Any, cpu_ms: float, wall_ms: float) -> None:
+        with self._lock:
+            lease = self._leases.setdefault(key, _Lease())
+            lease.left[1] -= cpu_ms
+            lease.spent[1] += cpu_ms
+            lease.left[2] -= wall_ms
+            lease.spent[2] += wall_ms
+
+    def take(self, key: Any, now_ns: int) -> Any:
+        """Empty the key's lease for a refill: (what was left, per second spent since
+        it was granted), each a 3-tuple; the lease is then expired."""
+        with self._lock:
+            lease = self._leases.setdefault(key, _Lease())
+            elapsed_s = (now_ns - lease.granted_ns) / 1e9 if lease.granted_ns else 0.0
+            left = tuple(lease.left)
+            rates = tuple(x / elapsed_s if elapsed_s > 0 else 0.0 for x in lease.spent)
+            for i in range(3):
+                lease.left[i] -= left[i]
+                lease.spent[i] = 0.0
+            lease.expires_ns = 0
+            return left, rates
+
+    def give(self, key: Any, grants: Any, now_ns: int, expires_ns: int) -> None:
+        """Add granted capacity (a 3-tuple) to the key's lease, live until expires_ns."""
+        with self._lock:
+            lease = self._leases.setdefault(key, _Lease())
+            for i in range(3):
+                lease.left[i] += grants[i]
+            lease.granted_ns = now_ns
+            lease.expires_ns = expires_ns
+
+    def left(self, key: Any) -> Any:
+        with self._lock:
+            lease = self._leases.get(key)
+            return (0.0, 0.0, 0.0) if lease is None else tuple(lease.left)
+
+    def drop(self, key: Any) -> None:
+        with self._lock:
+            self._leases.pop(key, None)
+
+    def keys(self) -> List[Any]:
+        with self._lock:
+            return list(self._leases)
+
+
 class Quota:
     """A quota per flow key: ``calls`` calls, ``cpu_ms`` ms of measured CPU time
     and ``wall_ms`` ms of wall time every ``per_s`` seconds, refilled
@@ -178,13 +257,26 @@ class Quota:
         store._bind(self)
         self.store = store
         self._local = store if type(store) is LocalQuotaStore else None
+        self._leases: Optional[_LeaseTable] = None if self._local is not None else store._leases
         self.is_async = bool(getattr(store, "is_async", False))
+
+    def _new_lease_table(self) -> _LeaseTable:
+        """A lease table of this core, for a fleet-wide store's _bind()."""
+        return _LeaseTable(self._mask)
 
     def admit(self, key: Any) -> bool:
         """Admit one call for ``key`` now (taking one call); False: refused, nothing taken."""
         if self._local is not None:
             return self._local._admit_at(key, _monotonic_ns())
+        assert self._leases is not None
+        if self._leases.spend(key, _monotonic_ns()):
+            return True     # spent from this process's lease: no round trip
         return bool(self.store._admit(key))
+
+    def _spend_lease(self, key: Any) -> bool:
+        """Async rules: one call from this process's lease (True), or False when
+        the store must fetch one (``await store._admit_async(key)``)."""
+        return self._leases is not None and self._leases.spend(key, _monotonic_ns())
 
     def debit(self, key: Any, cpu_ns: int, wall_ns: int) -> None:
         """Charge a finished call's measured CPU and wall time (ns) to ``key``."""
@@ -193,7 +285,8 @@ class Quota:
         if self._local is not None:
             self._local._debit_at(key, cpu_ms, wall_ms, _monotonic_ns())
         else:
-            self.store._debit(key, cpu_ms, wall_ms)
+            assert self._leases is not None
+            self._leases.debit(key, cpu_ms, wall_ms)
 
     def remaining(self, key: Any) -> Dict[str, float]:
         """What is left for ``key`` now: {"calls": n, "cpu_ms": ms, "wall_ms": ms}

@@ -340,7 +340,10 @@ class _EnforcerAPI:
         if not rule._sample():
             return rule.fallback
         key = current_flow.get()
-        admitted = (await quota.store._admit_async(key)) if quota.is_async else quota.admit(key)
+        if quota.is_async:
+            admitted = quota._spend_lease(key) or await quota.store._admit_async(key)
+        else:
+            admitted = quota.admit(key)
         if not admitted:
             rule._count_quota_refused()
             self._quota_refused(rule_type, rule_id, fn, key,

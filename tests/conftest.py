@@ -61,6 +61,19 @@ def fp(request: pytest.FixtureRequest) -> types.SimpleNamespace:
     return make_namespace(request.param)
 
 
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server for the session (tests/redis_server.py), stopped by PID."""
+    from tests.redis_server import RedisServer
+
+    try:
+        server = RedisServer().start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def _preemption_stays_on():
     yield
