@@ -17,7 +17,7 @@ import sys as _sys
 import threading as _threading
 
 from fastpath import _config, _critical
-from fastpath._flow import current_flow as _current_flow
+from fastpath import _flow
 from fastpath._histogram cimport LatencyHistogram
 from fastpath._quota cimport Quota
 from fastpath.errors import (
@@ -1379,6 +1379,9 @@ cdef class _EnforcerCore:
             return result
 
 
+cdef object _current_flow = _flow.current_flow     # the ContextVar, bound once
+
+
 cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id, object fn,
                             PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     # Admission before fn (a refused call takes nothing and never runs fn), then
@@ -1395,6 +1398,8 @@ cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id,
     rule.executed += 1
     if quota.tracks_cpu:
         cpu0 = fp_thread_cpu_ns()
+    if not quota.debits:
+        return core._attempts(rule, rule_id, fn, budget, args, nargs, kwnames)
     try:
         return core._attempts(rule, rule_id, fn, budget, args, nargs, kwnames)
     finally:

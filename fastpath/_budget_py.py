@@ -1294,6 +1294,8 @@ class _EnforcerCore:
         with self._counter_lock:
             rule.executed += 1
         budget = rule.constraints.create_budget()
+        if not quota.debits:
+            return self._attempts(rule, rule_id, fn, budget, args, kwargs)
         cpu0 = time.thread_time_ns() if quota.tracks_cpu else 0
         try:
             return self._attempts(rule, rule_id, fn, budget, args, kwargs)

@@ -22,6 +22,8 @@ cdef class _Bucket:
 cdef class LocalQuotaStore:
     cdef dict _buckets                 # flow key -> _Bucket; a full bucket is the same as none
     cdef Py_ssize_t _prune_at          # drop full buckets when the dict grows past this
+    cdef object _last_key              # the key looked up last (a flow calls many times) ...
+    cdef _Bucket _last_bucket          # ... and its bucket; both None after a prune or reset
     cdef Quota _quota                  # the one quota this store serves (None until bound)
 
     # 1: admitted (one call taken), 0: refused (nothing taken).
@@ -64,6 +66,7 @@ cdef class Quota:
     cdef LocalQuotaStore _local        # store, when it is a LocalQuotaStore; else None
     cdef _LeaseTable _leases           # the leases of a fleet-wide store; else None
     cdef readonly bint tracks_cpu      # cpu_ms is limited: the enforcer reads the CPU clock
+    cdef readonly bint debits          # cpu_ms or wall_ms is limited: calls are debited after
     cdef readonly bint is_async        # the store needs awaiting (redis.asyncio)
 
     # 1: admitted, 0: refused; a Python store's own errors are its policy, never raised.

@@ -59,12 +59,19 @@ cdef class LocalQuotaStore:
                     bucket.level[i] = q._cap[i]
 
     cdef _Bucket _bucket(self, object key, int64_t now_ns):
-        cdef object found = self._buckets.get(key)
+        cdef object found
         cdef _Bucket bucket
         cdef int i
+        if key is self._last_key and self._last_bucket is not None:
+            bucket = self._last_bucket      # the same object again: no hashing, no lookup
+            self._refill(bucket, now_ns)
+            return bucket
+        found = self._buckets.get(key)
         if found is not None:
             bucket = <_Bucket>found
             self._refill(bucket, now_ns)
+            self._last_key = key
+            self._last_bucket = bucket
             return bucket
         if len(self._buckets) >= self._prune_at:
             self._prune(now_ns)
@@ -74,7 +81,10 @@ cdef class LocalQuotaStore:
         bucket.last_ns = now_ns
         # setdefault: a key with a custom __eq__ may run Python code (and let
         # another thread in) during the lookup; both threads then share one bucket.
-        return <_Bucket>self._buckets.setdefault(key, bucket)
+        bucket = <_Bucket>self._buckets.setdefault(key, bucket)
+        self._last_key = key
+        self._last_bucket = bucket
+        return bucket
 
     cdef int admit_c(self, object key, int64_t now_ns) except -1:
         cdef _Bucket b = self._bucket(key, now_ns)
@@ -104,6 +114,7 @@ cdef class LocalQuotaStore:
         cdef int i
         cdef bint full
         cdef list drop = []
+        self._last_key = self._last_bucket = None
         for key, value in self._buckets.items():
             b = <_Bucket>value
             self._refill(b, now_ns)
@@ -154,6 +165,7 @@ cdef class LocalQuotaStore:
 
     def reset(self, key):
         """Forget ``key``: its buckets are full again."""
+        self._last_key = self._last_bucket = None
         self._buckets.pop(_quota_config.check_key(key), None)
 
     def keys(self):
@@ -282,6 +294,7 @@ cdef class Quota:
         self.per_s = float(per_s)
         self.burst = burst
         self.tracks_cpu = bool(mask & 2)
+        self.debits = bool(mask & 6)
         if store is None:
             store = LocalQuotaStore()
         if not hasattr(store, "_bind"):

@@ -248,6 +248,7 @@ class Quota:
         self.per_s = float(per_s)
         self.burst = burst
         self.tracks_cpu = bool(mask & 2)
+        self.debits = bool(mask & 6)
         if store is None:
             store = LocalQuotaStore()
         if not hasattr(store, "_bind"):
