@@ -9,7 +9,7 @@
 # nothing.  Everything runs with the GIL held and never calls Python code
 # between reading and writing a bucket, so the buckets are exact under threads.
 cimport cython
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastpath import _quota_config

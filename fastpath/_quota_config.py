@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from .errors import InvalidConfiguration
 
@@ -60,8 +60,8 @@ def normalize(calls: Any, cpu_ms: Any, wall_ms: Any, per_s: Any, burst: Any) -> 
     return (rates[0], rates[1], rates[2]), (caps[0], caps[1], caps[2]), mask
 
 
-def describe(mask: int, rates: Tuple[float, ...], caps: Tuple[float, ...],
-             per_s: float) -> str:
+def describe(mask: int, rates: Sequence[float], caps: Sequence[float], per_s: float) -> str:
+    """``calls=1000, cpu_ms=2000``: the limits per period, for repr."""
     parts = [f"{name}={rates[i] * per_s * 1e9:g}" for i, name in enumerate(RESOURCES)
              if mask & (1 << i)]
     return ", ".join(parts)

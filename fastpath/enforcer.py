@@ -213,7 +213,9 @@ class _EnforcerAPI:
         if quotas is None:
             return {}
         if not isinstance(quotas, Mapping):
-            raise InvalidConfiguration(f"quotas must be a mapping RuleType -> Quota, got {quotas!r}")
+            raise InvalidConfiguration(
+                f"quotas must be a mapping RuleType -> Quota, got {quotas!r}"
+            )
         for rule_type, quota in quotas.items():
             self._check_quota(rule_type, quota)
         return dict(quotas)
@@ -441,6 +443,9 @@ class _EnforcerAPI:
             state = self._rule_state(rule_type)
             *counts, by_kind = state.counters()
             entry: Dict[str, Any] = dict(zip(_COUNTER_NAMES, counts, strict=True))
+            if state.quota is not None:
+                # Refusals by cause (fastpath.prometheus exports them as fastpath_refused).
+                entry["refused"] = {"quota": entry["quota_refused"]}
             kinds = [ConstraintViolationType(k) for k in by_kind]
             if json:
                 entry["violations"] = {k.name: n for k, n in zip(kinds, by_kind.values(),

@@ -435,3 +435,21 @@ def test_repr_names_the_limits(fp):
     quota = fp.Quota(calls=1000, cpu_ms=2000, per_s=60)
     assert "calls=1000" in repr(quota) and "cpu_ms=2000" in repr(quota)
     assert "per_s=60" in repr(quota)
+
+
+def test_quota_refusals_are_exported_to_prometheus(fp):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from fastpath.prometheus import EnforcerCollector
+
+    quota = fp.Quota(calls=1, per_s=FROZEN)
+    enforcer, _ = enforcer_with(fp, quota, fp.RuleType.SEMANTIC)
+    for _ in range(3):
+        enforcer.execute_with_constraints(fp.RuleType.SEMANTIC, Counter())
+    assert enforcer.metrics()[fp.RuleType.SEMANTIC]["refused"] == {"quota": 2}
+    assert "refused" not in enforcer.metrics()[fp.RuleType.FAST]
+    registry = CollectorRegistry()
+    registry.register(EnforcerCollector(enforcer))
+    text = generate_latest(registry).decode()
+    assert 'fastpath_refused_total{cause="quota",rule_type="semantic"} 2.0' in text

@@ -306,7 +306,6 @@ def test_redis_unavailable_fail_open_admits(fp, private_redis):
 
 
 def test_slow_redis_hits_the_timeout(fp, private_redis):
-    client = client_of(private_redis)
     store = store_of(private_redis, timeout_ms=50, retry_ms=0)
     quota = fp.Quota(calls=10, per_s=FROZEN, store=store)
     assert quota.admit("warm") is True          # script loaded, connection open

@@ -10,7 +10,10 @@ from fastpath import (
     ExecutionConstraints,
     ExecutionStats,
     LatencyHistogram,
+    LocalQuotaStore,
+    Quota,
     RuleType,
+    current_flow_key,
 )
 
 
@@ -73,3 +76,10 @@ configured: ConstraintEnforcer = ConstraintEnforcer.from_config(
     {"profiles": {"fast": {"max_exec_ms": 2}}, "audit": {"rate_per_s": 5}})
 as_json: dict[str, dict[str, object]] = configured.metrics(json=True)
 audited: int = configured.audit_metrics()["events"]
+
+tool_calls: Quota = Quota(calls=1000, cpu_ms=2000, per_s=60, store=LocalQuotaStore())
+enforcer.set_quota(RuleType.FAST, tool_calls)
+with enforcer.flow("agent-42"):
+    enforcer.execute_with_constraints(RuleType.FAST, evaluate, "curl/8")
+left: dict[str, float] = tool_calls.remaining("agent-42")
+flow_key: object = current_flow_key()
