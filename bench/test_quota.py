@@ -14,6 +14,7 @@ import time
 
 import pytest
 from _support import f, measure
+from test_enforcer import _execute_fast_of
 
 pytest.importorskip("redis")
 
@@ -83,18 +84,8 @@ def _interleaved(base, other, rounds: int = 41, n: int = 20000) -> dict:
 
 
 def _wrapper(enforcer, fp):
-    execute = enforcer.execute_with_constraints
-    fast = fp.RuleType.FAST
-    violation = fp.ConstraintViolation
-    denied = [0]
-
-    def call():
-        try:
-            return execute(fast, f)
-        except violation:
-            denied[0] += 1
-
-    return call, denied
+    """The wrapper of bench/test_enforcer.py around this enforcer: (call, denied)."""
+    return _execute_fast_of(enforcer, fp)
 
 
 def _quota_core(fp):
@@ -127,28 +118,24 @@ def test_rule_type_with_local_quota(benchmark, fp):
     benchmark.extra_info.update(denied=denied[0], **ab)
 
 
-def test_rule_type_with_local_wall_quota(benchmark, fp):
-    """FAST with calls + wall-time quota (the debit of the budget's wall time)."""
-    quota = _quota_core(fp).Quota(calls=10**12, wall_ms=10**12, per_s=1.0)
+def _measure_local(benchmark, fp, key: str, **limits) -> None:
+    quota = _quota_core(fp).Quota(per_s=1.0, **limits)
     enforcer = fp.ConstraintEnforcer(audit_sink=lambda event: None,
                                      quotas={fp.RuleType.FAST: quota})
     call, denied = _wrapper(enforcer, fp)
     with enforcer.flow("agent-42"):
-        measure(benchmark, GROUP, "quota_local_wall", fp.kind, call, minus="call_f",
-                inner=_inner(fp))
+        measure(benchmark, GROUP, key, fp.kind, call, minus="call_f", inner=_inner(fp))
     benchmark.extra_info.update(denied=denied[0])
+
+
+def test_rule_type_with_local_wall_quota(benchmark, fp):
+    """FAST with calls + wall-time quota (the debit of the budget's wall time)."""
+    _measure_local(benchmark, fp, "quota_local_wall", calls=10**12, wall_ms=10**12)
 
 
 def test_rule_type_with_local_cpu_quota(benchmark, fp):
     """FAST with a CPU-time quota: two reads of the thread's CPU clock (syscalls)."""
-    quota = _quota_core(fp).Quota(cpu_ms=10**12, per_s=1.0)
-    enforcer = fp.ConstraintEnforcer(audit_sink=lambda event: None,
-                                     quotas={fp.RuleType.FAST: quota})
-    call, denied = _wrapper(enforcer, fp)
-    with enforcer.flow("agent-42"):
-        measure(benchmark, GROUP, "quota_local_cpu", fp.kind, call, minus="call_f",
-                inner=_inner(fp))
-    benchmark.extra_info.update(denied=denied[0])
+    _measure_local(benchmark, fp, "quota_local_cpu", cpu_ms=10**12)
 
 
 def _paced(call, client, rate_per_s: float, seconds: float) -> dict:
@@ -191,6 +178,19 @@ def test_rule_type_with_redis_quota(benchmark, fp, redis_server):
     client.close()
 
 
+def _measure_peer(benchmark, peer: str, call, server, n: int = 1000) -> None:
+    """A peer's call: its round trips and commands per call (server counts), its time."""
+    client = redis.Redis.from_url(server.url)
+    trips, commands = _round_trips(client), _commands(client)
+    for _ in range(n):
+        call()
+    trips = (_round_trips(client) - trips) / n
+    commands = (_commands(client) - commands) / n
+    measure(benchmark, GROUP, "quota_redis", peer, call, minus="f")
+    benchmark.extra_info.update(round_trips_per_call=trips, commands_per_call=commands)
+    client.close()
+
+
 def test_limits_moving_window_on_redis(benchmark, redis_server):
     """limits: ``MovingWindowRateLimiter(RedisStorage).hit(item, key)`` around f()."""
     limits = pytest.importorskip("limits")
@@ -200,20 +200,12 @@ def test_limits_moving_window_on_redis(benchmark, redis_server):
     storage = RedisStorage(redis_server.url)
     limiter = MovingWindowRateLimiter(storage)
     item = limits.parse("1000000000/minute")
-    client = redis.Redis.from_url(redis_server.url)
 
     def call():
         if limiter.hit(item, "agent-42"):
             return f()
 
-    before, commands = _round_trips(client), _commands(client)
-    for _ in range(1000):
-        call()
-    trips = (_round_trips(client) - before) / 1000
-    commands = (_commands(client) - commands) / 1000
-    measure(benchmark, GROUP, "quota_redis", "limits", call, minus="f")
-    benchmark.extra_info.update(round_trips_per_call=trips, commands_per_call=commands)
-    client.close()
+    _measure_peer(benchmark, "limits", call, redis_server)
 
 
 def test_throttled_on_redis(benchmark, redis_server):
@@ -224,17 +216,9 @@ def test_throttled_on_redis(benchmark, redis_server):
         using=throttled.RateLimiterType.GCRA.value,
         quota=throttled.per_sec(10**8),
         store=throttled.RedisStore(server=redis_server.url))
-    client = redis.Redis.from_url(redis_server.url)
 
     def call():
         if not throttle.limit("agent-42").limited:
             return f()
 
-    before, commands = _round_trips(client), _commands(client)
-    for _ in range(1000):
-        call()
-    trips = (_round_trips(client) - before) / 1000
-    commands = (_commands(client) - commands) / 1000
-    measure(benchmark, GROUP, "quota_redis", "throttled-py", call, minus="f")
-    benchmark.extra_info.update(round_trips_per_call=trips, commands_per_call=commands)
-    client.close()
+    _measure_peer(benchmark, "throttled-py", call, redis_server)
