@@ -1389,12 +1389,16 @@ cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id,
     # quota limits CPU, this thread's CPU clock around the attempts.
     cdef Quota quota = rule.quota
     cdef object key = _contextvar_get(_current_flow, None)
-    cdef ExecutionBudget budget = rule.constraints.create_budget_c()
+    cdef ExecutionBudget budget = rule.constraints.create_budget_c()   # its clock read: now
     cdef int64_t cpu0 = 0
-    if not quota.admit_c(key, budget._start_ns):
+    cdef int admitted = quota.admit_c(key, budget._start_ns)
+    if not admitted:
         rule.quota_refused += 1
         core._quota_refused(rule.key, rule_id, fn, key, rule.constraints._fail_closed)
         return rule.fallback
+    if admitted == 2:
+        # A Redis round trip ran: none of it is charged to the rule's own budget.
+        budget = rule.constraints.create_budget_c()
     rule.executed += 1
     if quota.tracks_cpu:
         cpu0 = fp_thread_cpu_ns()

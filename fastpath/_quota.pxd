@@ -69,7 +69,8 @@ cdef class Quota:
     cdef readonly bint debits          # cpu_ms or wall_ms is limited: calls are debited after
     cdef readonly bint is_async        # the store needs awaiting (redis.asyncio)
 
-    # 1: admitted, 0: refused; a Python store's own errors are its policy, never raised.
+    # 1: admitted, 2: admitted after a fleet-wide store's refill (time passed: a budget
+    # made before is stale), 0: refused; a store's own errors are its policy, never raised.
     cdef int admit_c(self, object key, int64_t now_ns) except -1
     # Debit a finished call: measured CPU and wall time in ns.
     cdef int debit_c(self, object key, int64_t cpu_ns, int64_t wall_ns, int64_t now_ns) except -1

@@ -317,7 +317,7 @@ cdef class Quota:
             return self._local.admit_c(key, now_ns)
         if self._leases.spend_c(key, now_ns):
             return 1        # spent from this process's lease: no round trip
-        return 1 if self.store._admit(key) else 0
+        return 2 if self.store._admit(key) else 0      # 2: admitted after the store's work
 
     cdef int debit_c(self, object key, int64_t cpu_ns, int64_t wall_ns, int64_t now_ns) except -1:
         cdef double cpu_ms = cpu_ns / 1e6 if self._mask & 2 else 0.0
@@ -329,7 +329,7 @@ cdef class Quota:
     # -- Python level: the twin enforcer path, async rules, tests -------------
     def admit(self, key):
         """Admit one call for ``key`` now (taking one call); False: refused, nothing taken."""
-        return self.admit_c(key, _mono_ns()) == 1
+        return self.admit_c(key, _mono_ns()) != 0
 
     def _spend_lease(self, key):
         """Async rules: one call from this process's lease (True), or False when

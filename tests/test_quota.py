@@ -380,11 +380,13 @@ def test_default_sink_rate_limits_quota_events(fp, caplog):
     enforcer = fp.ConstraintEnforcer.with_constraints(
         fast=C(10000), semantic=C(10000, fail_closed_on_timeout=False), wasm_hook=C(10000),
         observational=C(10000), audit_rate_per_s=3, quotas={fp.RuleType.SEMANTIC: quota})
+    t0 = time.monotonic()
     with caplog.at_level("WARNING", logger="fastpath.audit"):
         for _ in range(50):
             enforcer.execute_with_constraints(fp.RuleType.SEMANTIC, Counter())
+    windows = int(time.monotonic() - t0) + 2      # a loaded machine may cross a second
     lines = [r for r in caplog.records if r.getMessage().startswith("quota exhausted")]
-    assert 1 <= len(lines) <= 3
+    assert 1 <= len(lines) <= 3 * windows < 49
     assert "flow None (fallback)" in lines[0].getMessage()
     assert enforcer.audit_metrics()["events"] == 49
 
