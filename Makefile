@@ -23,7 +23,7 @@ STAMP := .stamp$(if $(filter .venv,$(notdir $(VENV))),,-$(patsubst .venv-%,%,$(n
 # Arguments for bench/run.py (e.g. BENCH_ARGS=--quick).
 BENCH_ARGS ?=
 
-.PHONY: build test selftest bench debug asan annotate lint matrix clean
+.PHONY: build test selftest bench debug asan annotate lint matrix clean redis-server
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,12 @@ $(STAMP)-build: $(STAMP)-deps $(SOURCES)
 
 build: $(STAMP)-build
 
-test: $(STAMP)-build
+# The quota tests and benchmarks run a real redis-server (Debian's package).
+redis-server:
+	@command -v redis-server >/dev/null || apt-get install -y redis-server \
+	    || (apt-get update && apt-get install -y redis-server)
+
+test: $(STAMP)-build redis-server
 	$(PY) -m pytest -q
 
 selftest: $(STAMP)-build
@@ -56,7 +61,7 @@ $(STAMP)-bench-deps: $(STAMP)-deps pyproject.toml
 	$(PY) -m pip install --quiet $(EDITABLE) -e '.[test,bench]'
 	touch $@
 
-bench: $(STAMP)-build $(STAMP)-bench-deps
+bench: $(STAMP)-build $(STAMP)-bench-deps redis-server
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The debug and sanitizer builds replace the extension in place; both put the

@@ -62,7 +62,8 @@ extensions = [
         extra_link_args=link_args,
         define_macros=macros,
         depends=sorted(glob.glob("fastpath/_fp_*.h"))
-        + ["fastpath/_rules.pxi", "fastpath/_budget.pxd", "fastpath/_histogram.pxd"],
+        + ["fastpath/_rules.pxi", "fastpath/_budget.pxd", "fastpath/_histogram.pxd",
+           "fastpath/_quota.pxd"],
     ),
     Extension(
         "fastpath._histogram",
@@ -71,6 +72,14 @@ extensions = [
         extra_link_args=link_args,
         define_macros=macros,
         depends=["fastpath/_histogram.pxd"],
+    ),
+    Extension(
+        "fastpath._quota",
+        ["fastpath/_quota.pyx"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=macros,
+        depends=["fastpath/_quota.pxd"],
     ),
 ]
 

@@ -343,6 +343,36 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
             cheaper(("rule_breaker", peer), ("rule_breaker", "compiled"), 1, True, peer),
             "≥ 1× cheaper")
 
+    # -- quotas (bench/test_quota.py) -----------------------------------------
+    def quota_local():
+        info = r.info("quota_local", "compiled")
+        delta = info["interleaved_delta_ns"]
+        total = r.cost("quota_local", "compiled") / f
+        return (f"+{fmt_ns(delta)} (CPU-clock A/B, median of {info['interleaved_rounds']} "
+                f"rounds; {fmt_ns(info['interleaved_base_ns'])} → "
+                f"{fmt_ns(info['interleaved_ns'])}); overhead in all {fmt_x(total)} f()",
+                delta <= 30 and total <= 14, delta)
+    add("Q1", "`execute_with_constraints(FAST, f)` with a local calls `Quota` − without",
+        quota_local, "≤ +30 ns, ≤ 14× f() in all")
+
+    def quota_trips():
+        info = r.info("quota_redis", "compiled")
+        x = info["round_trips_per_call"]
+        peer = r.info("quota_redis", "limits")["round_trips_per_call"]
+        return (f"{x:.5f} ({info['steady_round_trips']} EVALSHA for {info['steady_calls']:,} "
+                f"calls at {info['steady_rate']:,.0f}/s; limits {peer:.3f}: "
+                f"{fmt_x(ratio(peer, x))} fewer)", x <= 0.001, x)
+    add("Q2", "`RedisQuotaStore` at a steady 10k calls/s: Redis round trips per call",
+        quota_trips, "≤ 0.001 (`INFO commandstats`)")
+
+    def quota_redis_cost():
+        info = r.info("quota_redis", "compiled")
+        x = info["interleaved_ns"] / info["interleaved_base_ns"]
+        return (f"{fmt_x(x)} ({fmt_ns(info['interleaved_ns'])} vs local store "
+                f"{fmt_ns(info['interleaved_base_ns'])}, CPU-clock A/B)", x <= 2, x)
+    add("Q3", "same call, `RedisQuotaStore` vs `LocalQuotaStore`", quota_redis_cost,
+        "≤ 2× the local store's")
+
     # -- reference rows (no goal) ---------------------------------------------
     refs: list[Goal] = []
 
@@ -399,6 +429,18 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
             lambda k=k: (f"compiled {fmt_ns(r.cost(f'check_violations_{k}', 'compiled'))}, "
                          f"twin {fmt_ns(r.cost(f'check_violations_{k}', 'python'))}"),
             "raises ConstraintViolation when k ≥ 1 (caught; wrapper frame subtracted)")
+    for peer in ("limits", "throttled-py"):
+        ref(f"{peer} on the same redis-server, one `hit`/`limit` per call",
+            lambda peer=peer: (f"{fmt_ns(r.cost('quota_redis', peer))} per call over f(), "
+                               f"{r.info('quota_redis', peer)['round_trips_per_call']:.3f} "
+                               f"round trips per call; RedisQuotaStore "
+                               f"{fmt_ns(r.cost('quota_redis', 'compiled'))}"),
+            "limits: MovingWindowRateLimiter(RedisStorage); throttled-py: GCRA on RedisStore")
+    ref("local quota with a wall-time / CPU-time resource",
+        lambda: (f"calls+wall {fmt_ns(r.cost('quota_local_wall', 'compiled'))}, "
+                 f"cpu {fmt_ns(r.cost('quota_local_cpu', 'compiled'))} over f() "
+                 f"(no quota {fmt_ns(r.cost('quota_none', 'compiled'))})"),
+        "CPU: two reads of the thread's CPU clock (syscalls) per call")
     return rows, refs
 
 
@@ -460,6 +502,11 @@ OPERATIONS: list[tuple[str, str, str, list[str]]] = [
     ("check() with 3 violations recorded", "check_violations_3", "per call", []),
     ("enforcer, 1 thread (throughput run)", "throughput_1", "per call", []),
     ("enforcer, 2 threads (throughput run)", "throughput_2", "per call", []),
+    ("execute_with_constraints(FAST, f), no quota", "quota_none", "overhead", []),
+    ("same, local calls Quota", "quota_local", "overhead", []),
+    ("same, local calls + wall_ms Quota", "quota_local_wall", "overhead", []),
+    ("same, local cpu_ms Quota", "quota_local_cpu", "overhead", []),
+    ("same, RedisQuotaStore (leases)", "quota_redis", "overhead", ["limits", "throttled-py"]),
 ]
 
 

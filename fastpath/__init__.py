@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ._impl import IMPLEMENTATION, core, histogram
+from ._flow import current_flow_key
+from ._impl import IMPLEMENTATION, core, histogram, quota
 from .adaptive import AdaptiveLimit
 from .breaker import CircuitBreaker, CircuitState
 from .enforcer import AuditEvent, ConstraintEnforcer, RuleType
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     )
     from ._histogram_py import LatencyHistogram
     from ._rules_py import Rule
+    from ._quota_py import LocalQuotaStore, Quota
 else:
     ExecutionConstraints = core.ExecutionConstraints
     ExecutionBudget = core.ExecutionBudget
@@ -53,6 +55,8 @@ else:
     uninterruptible = core.uninterruptible
     current_budget = core.current_budget
     LatencyHistogram = histogram.LatencyHistogram
+    Quota = quota.Quota
+    LocalQuotaStore = quota.LocalQuotaStore
 
 __all__ = [
     "IMPLEMENTATION",
@@ -74,10 +78,13 @@ __all__ = [
     "ExecutionStats",
     "InvalidConfiguration",
     "LatencyHistogram",
+    "LocalQuotaStore",
+    "Quota",
     "ResourceExhausted",
     "RetryPolicy",
     "__version__",
     "current_budget",
+    "current_flow_key",
     "preemption_info",
     "set_preemption",
     "uninterruptible",

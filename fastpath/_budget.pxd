@@ -8,6 +8,7 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastpath._histogram cimport LatencyHistogram
+from fastpath._quota cimport Quota
 
 
 cdef class ExecutionConstraints:
@@ -191,8 +192,9 @@ cdef class _RuleState:
     cdef readonly ExecutionConstraints configured  # its constraints before adaptation
     cdef readonly _Breaker breaker     # its circuit breaker, or None
     cdef readonly _Adaptive adaptive   # its adaptive limit's state, or None
-    cdef readonly object quota         # issue 14's quota, stored; admission hook in _pipeline
     cdef uint64_t refused              # calls the breaker refused (fn not run)
+    cdef public Quota quota            # admission per flow key, or None (see _quota.pxd)
+    cdef uint64_t quota_refused        # calls its quota refused (fn not run)
 
 
 cdef class _EnforcerCore:
@@ -202,6 +204,10 @@ cdef class _EnforcerCore:
 
     # The pipeline of one call: sampling, budget, run, retries, policy.
     cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
+                          Py_ssize_t nargs, PyObject *kwnames)
+    # The attempts of one admitted call under its budget: run, retries, policy.
+    cdef object _attempts(self, _RuleState rule, object rule_id, object fn,
+                          ExecutionBudget budget, int64_t token, PyObject **args,
                           Py_ssize_t nargs, PyObject *kwnames)
     cdef _RuleState _rule_for(self, object rule_type)
 

@@ -4,6 +4,7 @@
 # helpers it calls; everything else (validation, repr, pickling) is off that
 # path and shares its logic with the pure-Python twin through fastpath._config.
 cimport cython
+from cpython.contextvars cimport get_value as _contextvar_get
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint32_t, uint64_t
@@ -16,13 +17,16 @@ import sys as _sys
 import threading as _threading
 
 from fastpath import _config, _critical
+from fastpath import _flow
 from fastpath._histogram cimport LatencyHistogram
+from fastpath._quota cimport Quota
 from fastpath.errors import (
     ConstraintViolation,
     ConstraintViolationType,
     EnforcementFailure,
     ExecutionInterrupted,
     InvalidConfiguration,
+    ResourceExhausted,
 )
 
 # The public names; the twin (_budget_py.py) has the same __all__ (tests/test_parity.py).
@@ -1246,10 +1250,11 @@ cdef class _RuleState:
 
     def counters(self):
         """A snapshot: (calls, executed, sampled_out, fail_open, fail_closed, errors,
-        retries, {violation kind value: count})."""
+        retries, quota_refused, {violation kind value: count})."""
         cdef int k
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
-                self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+                self.errors, self.retries, self.quota_refused,
+                {k: self.violations[k] for k in range(1, 5)})
 
     @property
     def refused_calls(self):
@@ -1260,22 +1265,50 @@ cdef class _RuleState:
     def _admit(self):
         """Count a call: (its budget, the breaker's token), or (None, 0) when
         sampled out or refused fail open; a refusal fail closed raises."""
-        cdef ExecutionBudget budget
-        cdef int64_t token = 1
+        cdef int64_t token
+        if not self._sample():
+            return None, 0
+        token = self._breaker_token()
+        if token == 0:
+            return None, 0
+        return self._start(), token
+
+    def _sample(self):
+        """Count a call; False when sampled out."""
         self.calls += 1
         if not self.constraints.should_sample_c():
             self.sampled_out += 1
             self.violations[_SAMPLED_OUT] += 1
-            return None, 0
-        if self.breaker is not None:
-            token = _breaker_admit(self.breaker)
-            if token == 0:
-                _rule_refused(self, self.rule_id, self.constraints)
-                return None, 0
+            return False
+        return True
+
+    def _breaker_token(self):
+        """The breaker's admission token (1: closed, or no breaker); 0 when it
+        refused a fail-open rule (a refusal fail closed raises)."""
+        cdef int64_t token
+        if self.breaker is None:
+            return 1
+        token = _breaker_admit(self.breaker)
+        if token == 0:
+            _rule_refused(self, self.rule_id, self.constraints)
+        return token
+
+    def _release_token(self, int64_t token):
+        """A call admitted by the breaker that will not run (its quota refused
+        it): give back a half-open probe's slot, with no outcome."""
+        if token != 1 and self.breaker is not None:
+            self.breaker._record(token, -1)
+
+    def _count_quota_refused(self):
+        self.quota_refused += 1
+
+    def _start(self):
+        """Count an executed call: its budget."""
+        cdef ExecutionBudget budget
         self.executed += 1
         budget = self.constraints.create_budget_c()
         budget._preempt = self.preempt
-        return budget, token
+        return budget
 
     def _settle(self, ExecutionBudget budget, exc, tuple transient, int64_t attempt):
         """After an attempt: 0 returned, 1 retry after backoff_s, 2 "deny" (raise exc,
@@ -1311,7 +1344,7 @@ cdef class _RuleState:
         cdef int k
         self.calls = self.executed = self.sampled_out = 0
         self.fail_open = self.fail_closed = self.errors = self.retries = 0
-        self.refused = 0
+        self.refused = self.quota_refused = 0
         for k in range(6):
             self.violations[k] = 0
         self.histogram.reset_c()
@@ -1366,13 +1399,14 @@ cdef class _EnforcerCore:
         if rule.breaker is not None or rule.adaptive is not None:
             _rule_feed(self, rule, budget, token, error)
 
+    def _quota_refused(self, rule_type, rule_id, fn, key, fail_closed):
+        if fail_closed:     # ConstraintEnforcer also audits, and says which quota
+            raise ResourceExhausted(f"quota exhausted for flow {key!r}")
+
     cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
                           Py_ssize_t nargs, PyObject *kwnames):
         cdef ExecutionConstraints c = rule.constraints
-        cdef ExecutionBudget budget
-        cdef int64_t attempt = 1, token = 1
-        cdef object result
-        cdef int i
+        cdef int64_t token = 1
         rule.calls += 1
         if not c.should_sample_c():
             rule.sampled_out += 1
@@ -1382,9 +1416,19 @@ cdef class _EnforcerCore:
             token = _breaker_admit(rule.breaker)
             if token == 0:
                 return _rule_refused(rule, rule_id, c)
-        # Issue 14's quota admission goes here: after the breaker, before the budget.
+        if rule.quota is not None:
+            return _quota_pipeline(self, rule, rule_id, fn, token, args, nargs, kwnames)
         rule.executed += 1
-        budget = c.create_budget_c()
+        return self._attempts(rule, rule_id, fn, c.create_budget_c(), token, args, nargs,
+                              kwnames)
+
+    cdef object _attempts(self, _RuleState rule, object rule_id, object fn,
+                          ExecutionBudget budget, int64_t token, PyObject **args,
+                          Py_ssize_t nargs, PyObject *kwnames):
+        cdef ExecutionConstraints c = rule.constraints
+        cdef int64_t attempt = 1
+        cdef object result
+        cdef int i
         while True:
             try:
                 result = budget.run_c(fn, args, nargs, kwnames, rule.preempt)
@@ -1420,6 +1464,41 @@ cdef class _EnforcerCore:
                 raise
             _rule_ended(self, rule, budget, token, 0)
             return result
+
+
+cdef object _current_flow = _flow.current_flow     # the ContextVar, bound once
+
+
+cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id, object fn,
+                            int64_t token, PyObject **args, Py_ssize_t nargs,
+                            PyObject *kwnames):
+    # Admission before fn (a refused call takes nothing and never runs fn), then
+    # the debit of what the call measured: its budget's wall time and, when the
+    # quota limits CPU, this thread's CPU clock around the attempts.
+    cdef Quota quota = rule.quota
+    cdef object key = _contextvar_get(_current_flow, None)
+    cdef ExecutionBudget budget = rule.constraints.create_budget_c()   # its clock read: now
+    cdef int64_t cpu0 = 0
+    cdef int admitted = quota.admit_c(key, budget._start_ns)
+    if not admitted:
+        if token != 1:
+            rule.breaker._record(token, -1)     # a half-open probe that will not run
+        rule.quota_refused += 1
+        core._quota_refused(rule, rule_id, fn, key, rule.constraints._fail_closed)
+        return rule.fallback
+    if admitted == 2:
+        # A Redis round trip ran: none of it is charged to the rule's own budget.
+        budget = rule.constraints.create_budget_c()
+    rule.executed += 1
+    if quota.tracks_cpu:
+        cpu0 = fp_thread_cpu_ns()
+    if not quota.debits:
+        return core._attempts(rule, rule_id, fn, budget, token, args, nargs, kwnames)
+    try:
+        return core._attempts(rule, rule_id, fn, budget, token, args, nargs, kwnames)
+    finally:
+        quota.debit_c(key, fp_thread_cpu_ns() - cpu0 if quota.tracks_cpu else 0,
+                      budget._now_or_stop() - budget._start_ns, budget._now_or_stop())
 
 
 cdef inline bint _will_retry(_EnforcerCore core, _RuleState rule, ExecutionBudget budget,
@@ -1688,6 +1767,11 @@ def build_info():
         "cflags": fp_build_cflags.decode(),
         "directives": fp_build_directives.decode(),
     }
+
+
+def _quota_class():
+    """The Quota class this core's enforcer admits calls through."""
+    return Quota
 
 
 def _reseed_sampler(seed):

@@ -32,12 +32,14 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Generator, Li
 
 from . import _config
 from ._critical import thread_is_critical, track_collections
+from ._flow import current_flow
 from ._histogram_py import LatencyHistogram
 from .errors import (
     ConstraintViolation,
     ConstraintViolationType,
     ExecutionInterrupted,
     InvalidConfiguration,
+    ResourceExhausted,
 )
 from .typedefs import PreemptionInfo
 
@@ -1145,7 +1147,7 @@ class _RuleState:
         "key", "constraints", "fallback", "preempt", "max_attempts", "backoff_s",
         "calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors", "retries",
         "violations", "histogram", "rule_id", "configured", "breaker", "adaptive", "quota",
-        "refused", "_lock",
+        "refused", "quota_refused", "_lock",
     )
 
     def __init__(self, key: Any, constraints: ExecutionConstraints, fallback: Any,
@@ -1163,7 +1165,7 @@ class _RuleState:
         self.rule_id = rule_id
         self.breaker = breaker
         self.adaptive = adaptive
-        self.quota = quota
+        self.quota: Any = quota     # a _quota_py.Quota, or None
         self._lock = _counter_lock
         self.fallback = fallback
         self.preempt = preempt
@@ -1172,9 +1174,10 @@ class _RuleState:
         self.histogram = LatencyHistogram()
         self.reset()
 
-    def counters(self) -> Tuple[int, int, int, int, int, int, int, Dict[int, int]]:
+    def counters(self) -> Tuple[int, int, int, int, int, int, int, int, Dict[int, int]]:
         return (self.calls, self.executed, self.sampled_out, self.fail_open, self.fail_closed,
-                self.errors, self.retries, {k: self.violations[k] for k in range(1, 5)})
+                self.errors, self.retries, self.quota_refused,
+                {k: self.violations[k] for k in range(1, 5)})
 
     @property
     def refused_calls(self) -> int:
@@ -1185,22 +1188,48 @@ class _RuleState:
     def _admit(self) -> Tuple[Optional["ExecutionBudget"], int]:
         """Count a call: (its budget, the breaker's token), or (None, 0) when
         sampled out or refused fail open; a refusal fail closed raises."""
+        if not self._sample():
+            return None, 0
+        token = self._breaker_token()
+        if token == 0:
+            return None, 0
+        return self._start(), token
+
+    def _sample(self) -> bool:
+        """Count a call; False when sampled out."""
         sampled = self.constraints.should_sample()
         with _counter_lock:
             self.calls += 1
             if not sampled:
                 self.sampled_out += 1
                 self.violations[_SAMPLED_OUT] += 1
-                return None, 0
-        token = 1
-        if self.breaker is not None:
-            token = self.breaker._admit()
-            if token == 0:
-                _rule_refused(self, self.rule_id, self.constraints)
-                return None, 0
+        return sampled
+
+    def _breaker_token(self) -> int:
+        """The breaker's admission token (1: closed, or no breaker); 0 when it
+        refused a fail-open rule (a refusal fail closed raises)."""
+        if self.breaker is None:
+            return 1
+        token = self.breaker._admit()
+        if token == 0:
+            _rule_refused(self, self.rule_id, self.constraints)
+        return token
+
+    def _release_token(self, token: int) -> None:
+        """A call admitted by the breaker that will not run (its quota refused
+        it): give back a half-open probe's slot, with no outcome."""
+        if token != 1 and self.breaker is not None:
+            self.breaker._record(token, -1)
+
+    def _count_quota_refused(self) -> None:
+        with _counter_lock:
+            self.quota_refused += 1
+
+    def _start(self) -> "ExecutionBudget":
+        """Count an executed call: its budget."""
         with _counter_lock:
             self.executed += 1
-        return ExecutionBudget(self.constraints, preempt=self.preempt), token
+        return ExecutionBudget(self.constraints, preempt=self.preempt)
 
     def _settle(self, budget: "ExecutionBudget", exc: Optional[BaseException],
                 transient: Tuple[type, ...], attempt: int) -> int:
@@ -1235,7 +1264,7 @@ class _RuleState:
     def reset(self) -> None:
         self.calls = self.executed = self.sampled_out = 0
         self.fail_open = self.fail_closed = self.errors = self.retries = 0
-        self.refused = 0
+        self.refused = self.quota_refused = 0
         self.violations = [0] * 6
         self.histogram.reset()
 
@@ -1292,6 +1321,12 @@ class _EnforcerCore:
         if rule.breaker is not None or rule.adaptive is not None:
             _rule_feed(self, rule, budget, token, error)
 
+    def _quota_refused(self, rule_type: Any, rule_id: Any, fn: Any, key: Any,
+                       fail_closed: bool) -> None:
+        if fail_closed:     # ConstraintEnforcer also audits, and says which quota
+            raise ResourceExhausted(f"quota exhausted for flow {key!r}")
+
+
     def execute_with_constraints(self, rule_type: RuleType, fn: Callable[P, T], /,
                                  *args: P.args, **kwargs: P.kwargs) -> T:
         """Run fn under the rule type's constraints: sampling, budget, transient
@@ -1311,6 +1346,7 @@ class _EnforcerCore:
                   kwargs: Any) -> Any:
         c = rule.constraints
         sampled = c.should_sample()
+        quota = rule.quota
         with self._counter_lock:
             rule.calls += 1
             if not sampled:
@@ -1323,10 +1359,40 @@ class _EnforcerCore:
             token = rule.breaker._admit()
             if token == 0:
                 return _rule_refused(rule, rule_id, c)
-        # Issue 14's quota admission goes here: after the breaker, before the budget.
+        if quota is not None:
+            return self._quota_pipeline(rule, rule_id, fn, token, args, kwargs)
         with self._counter_lock:
             rule.executed += 1
-        budget = c.create_budget()
+        return self._attempts(rule, rule_id, fn, c.create_budget(), token, args, kwargs)
+
+    def _quota_pipeline(self, rule: _RuleState, rule_id: Any, fn: Callable[..., T], token: int,
+                        args: Any, kwargs: Any) -> Any:
+        # Admission before fn (a refused call takes nothing and never runs fn), then
+        # the debit of what the call measured: its budget's wall time and, when the
+        # quota limits CPU, this thread's CPU clock around the attempts.
+        quota = rule.quota
+        key = current_flow.get()
+        if not quota.admit(key):
+            rule._release_token(token)        # a half-open probe that will not run
+            with self._counter_lock:
+                rule.quota_refused += 1
+            self._quota_refused(rule, rule_id, fn, key, rule.constraints.fail_closed_on_timeout)
+            return rule.fallback
+        with self._counter_lock:
+            rule.executed += 1
+        budget = rule.constraints.create_budget()
+        if not quota.debits:
+            return self._attempts(rule, rule_id, fn, budget, token, args, kwargs)
+        cpu0 = time.thread_time_ns() if quota.tracks_cpu else 0
+        try:
+            return self._attempts(rule, rule_id, fn, budget, token, args, kwargs)
+        finally:
+            quota.debit(key, time.thread_time_ns() - cpu0 if quota.tracks_cpu else 0,
+                        budget._now_or_stop() - budget._start_ns)
+
+    def _attempts(self, rule: _RuleState, rule_id: Any, fn: Callable[..., T],
+                  budget: "ExecutionBudget", token: int, args: Any, kwargs: Any) -> Any:
+        c = rule.constraints
         attempt = 1
         while True:
             try:
@@ -1366,6 +1432,13 @@ class _EnforcerCore:
             if _is_awaitable(result):
                 _refuse_awaitable(fn, result, "enforce")
             return result
+
+
+def _quota_class() -> type:
+    """The Quota class this core's enforcer admits calls through."""
+    from ._quota_py import Quota
+
+    return Quota
 
 
 def _stopped_in_time(end: int, due: int) -> bool:

@@ -18,6 +18,7 @@ _SUFFIX = "_py" if NO_EXTENSIONS else ""
 
 core: ModuleType = importlib.import_module(f"{__package__}._budget{_SUFFIX}")
 histogram: ModuleType = importlib.import_module(f"{__package__}._histogram{_SUFFIX}")
+quota: ModuleType = importlib.import_module(f"{__package__}._quota{_SUFFIX}")
 
 
 def current_budget_any() -> object:

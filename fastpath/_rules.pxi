@@ -509,8 +509,18 @@ A registered rule: ``enforcer.rule(rule_id, rule_type, ...)``.
 
     @property
     def quota(self):
-        """The quota it was registered with (issue 14; stored, not enforced yet)."""
+        """Its Quota (admission per flow key before each call), or None."""
         return self._state.quota
+
+    def run_for(self, key, fn, /, *args, **kwargs):
+        """``rule(fn, ...)`` charged to the flow ``key`` (as inside
+        ``with enforcer.flow(key):``)."""
+        token = _flow.current_flow.set(key)
+        try:
+            return self.enforcer._execute_as(self._state, self._state.rule_id, fn, *args,
+                                             **kwargs)
+        finally:
+            _flow.current_flow.reset(token)
 
     def run_async(self, fn, /, *args, **kwargs):
         """``await rule.run_async(fn, ...)``: the pipeline for coroutines."""

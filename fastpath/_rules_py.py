@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple
 
+from ._flow import current_flow
 from .errors import InvalidConfiguration, ResourceExhausted
 
 CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED = range(5)
@@ -386,8 +387,17 @@ A registered rule: ``enforcer.rule(rule_id, rule_type, ...)``.
 
     @property
     def quota(self) -> Any:
-        """The quota it was registered with (issue 14; stored, not enforced yet)."""
+        """Its Quota (admission per flow key before each call), or None."""
         return self._state.quota
+
+    def run_for(self, key: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``rule(fn, ...)`` charged to the flow ``key`` (as inside
+        ``with enforcer.flow(key):``)."""
+        token = current_flow.set(key)
+        try:
+            return self(fn, *args, **kwargs)
+        finally:
+            current_flow.reset(token)
 
     def run_async(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``await rule.run_async(fn, ...)``: the pipeline for coroutines."""

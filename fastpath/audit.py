@@ -74,6 +74,9 @@ def limit_fields(constraints: Any) -> Dict[str, Optional[int]]:
 def describe_event(event: Any) -> str:
     """The log line of an audit event: what was violated and the figures
     (``elapsed 7.214 ms of 5 ms, cpu 412 us of 500 us, memory 1,100 B of 1,048,576 B``)."""
+    if event.event_type == "quota_exhausted":
+        return (f"quota exhausted: {event.rule_type.value} rule {event.rule_id} "
+                f"flow {event.flow_key!r} ({event.outcome})")
     if getattr(event, "event_type", "constraint_violation") != "constraint_violation":
         from .rules import describe
 

@@ -24,9 +24,15 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Literal, Mapp
                     ParamSpec, Tuple, Type, TypeVar, Union, overload)
 
 from . import _config, rules as _rules
+from ._flow import Flow, current_flow
 from ._impl import core as _core
 from .audit import AuditLogSink, RuleAuditCounts, check_rate, describe_event, limit_fields
-from .errors import ConstraintViolation, ConstraintViolationType, InvalidConfiguration
+from .errors import (
+    ConstraintViolation,
+    ConstraintViolationType,
+    InvalidConfiguration,
+    ResourceExhausted,
+)
 
 if TYPE_CHECKING:
     # mypy sees the typed twin: tests/test_parity.py keeps the compiled core's
@@ -68,6 +74,10 @@ class AuditEvent:
     ``outcome`` is ``"deny"`` (fail closed: ConstraintViolation raised),
     ``"fallback"`` (fail open: the rule type's fallback returned) or ``"error"``
     (the call also raised its own exception, which propagated).
+
+    ``event_type`` is ``"constraint_violation"``, or ``"quota_exhausted"`` for a
+    call its quota refused (``violations`` empty, ``stats`` None, ``flow_key``
+    the key charged; ``outcome`` "deny" when ResourceExhausted was raised).
     """
 
     event_type: str
@@ -82,6 +92,8 @@ class AuditEvent:
     constraints: Optional[ExecutionConstraints] = None
     #: circuit_state / limit_changed events: what changed (see the README).
     details: Optional[Dict[str, Any]] = None
+    #: The flow key a quota charged (quota_exhausted events), or None.
+    flow_key: Any = None
 
     def as_log_extra(self) -> Dict[str, Any]:
         """The fields as a flat dict for ``logging``'s ``extra=``."""
@@ -96,6 +108,7 @@ class AuditEvent:
             "memory_used_bytes": None if self.stats is None else self.stats.memory_used_bytes,
             "cpu_time_us": None if self.stats is None else self.stats.cpu_time_us,
             "audit_timestamp": self.timestamp.isoformat(),
+            "flow_key": None if self.flow_key is None else repr(self.flow_key),
             **limit_fields(self.constraints),
             **({} if self.details is None else {"details": self.details}),
         }
@@ -110,7 +123,7 @@ def log_audit_event(event: AuditEvent) -> None:
 _RULE_ORDER = (RuleType.FAST, RuleType.SEMANTIC, RuleType.WASM_HOOK, RuleType.OBSERVATIONAL)
 _DEFAULT_TRANSIENT: Tuple[Type[Exception], ...] = (ConnectionError, TimeoutError)
 _COUNTER_NAMES = ("calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors",
-                  "retries")
+                  "retries", "quota_refused")
 
 
 def _default_profiles(constraints_cls: Any) -> Dict[RuleType, Any]:
@@ -143,6 +156,7 @@ class _EnforcerAPI:
         transient_errors: Tuple[Type[BaseException], ...] = _DEFAULT_TRANSIENT,
         preempt: bool = True,
         audit_rate_per_s: Optional[float] = 10.0,
+        quotas: Optional[Mapping[RuleType, Any]] = None,
     ) -> None:
         if audit_sink is not None and not callable(audit_sink):
             raise InvalidConfiguration(f"audit_sink must be callable or None, got {audit_sink!r}")
@@ -163,6 +177,7 @@ class _EnforcerAPI:
         self._audit_failure_lock = threading.Lock()
         self._registry: Dict[str, Any] = {}          # rule id -> Rule
         self._registry_lock = threading.Lock()
+        self._quotas = self._check_quotas(quotas)
         self._configure(_default_profiles(self._constraints_class))
 
     @classmethod
@@ -208,7 +223,80 @@ class _EnforcerAPI:
             )
             for rule_type in _RULE_ORDER
         )
+        for rule in rules:
+            rule.quota = self._quotas.get(rule.key)
         self._core_setup(rules, self._transient, time.sleep)
+
+    # -- quotas -------------------------------------------------------------------
+    def _check_quotas(self, quotas: Optional[Mapping[RuleType, Any]]) -> Dict[RuleType, Any]:
+        if quotas is None:
+            return {}
+        if not isinstance(quotas, Mapping):
+            raise InvalidConfiguration(
+                f"quotas must be a mapping RuleType -> Quota, got {quotas!r}"
+            )
+        for rule_type, quota in quotas.items():
+            self._check_quota(rule_type, quota)
+        return dict(quotas)
+
+    def _check_quota(self, rule_type: Any, quota: Any) -> None:
+        if not isinstance(rule_type, RuleType):
+            raise InvalidConfiguration(f"quotas keys must be RuleType members, got {rule_type!r}")
+        quota_class = self._core_module._quota_class()
+        if quota is not None and type(quota) is not quota_class:
+            raise InvalidConfiguration(
+                f"the quota of {rule_type.value} must be a {quota_class.__module__}.Quota or "
+                f"None, got {quota!r}"
+            )
+
+    def set_quota(self, rule_type: RuleType, quota: Any) -> None:
+        """Admit the calls of ``rule_type`` through ``quota`` (a ``fastpath.Quota``),
+        charged to the current flow key; ``None`` removes it."""
+        self._check_quota(rule_type, quota)
+        if quota is None:
+            self._quotas.pop(rule_type, None)
+        else:
+            self._quotas[rule_type] = quota
+        self._rule_state(rule_type).quota = quota
+
+    def quota_for(self, rule_type: RuleType) -> Any:
+        """The Quota of ``rule_type``, or None."""
+        return self._rule_state(rule_type).quota
+
+    def flow(self, key: Any) -> Flow:
+        """``with enforcer.flow(key):`` / ``async with enforcer.flow(key):`` --
+        calls inside the block are charged to ``key`` by their quotas (a
+        contextvar: it follows asyncio tasks; blocks nest)."""
+        return Flow(key)
+
+    def _quota_refused(self, rule_type: Any, rule_id: Optional[str], fn: Any, key: Any,
+                       fail_closed: bool) -> None:
+        """A call its quota refused (counted by the core): audit, then raise
+        ResourceExhausted (fail closed) or return (the core returns the fallback).
+        ``rule_type`` is a RuleType or a registered rule's state."""
+        state = self._rule_state(rule_type)
+        quota = state.quota
+        event = AuditEvent(
+            event_type="quota_exhausted",
+            rule_type=state.key,
+            rule_id=rule_id if rule_id is not None else _name_of(fn),
+            violations=(),
+            stats=None,
+            timestamp=_dt.datetime.now(_dt.timezone.utc),
+            outcome="deny" if fail_closed else "fallback",
+            interrupted=False,
+            constraints=state.constraints,
+            flow_key=key,
+        )
+        self._audit_counts.record(event)
+        for hook in self._audit_hooks:
+            self._call_sink(hook, event)
+        self._call_sink(self._audit_sink, event)
+        if fail_closed:
+            raise ResourceExhausted(
+                f"quota exhausted for flow {key!r} ({state.key.value} rule {event.rule_id}): "
+                f"{quota!r}"
+            )
 
     def constraints_for(self, rule_type: RuleType) -> ExecutionConstraints:
         """The ExecutionConstraints used for ``rule_type``."""
@@ -225,8 +313,8 @@ class _EnforcerAPI:
 
         ``constraints`` defaults to the rule type's profile and ``fallback``
         (``...``: not given) to its fallback; ``breaker`` is a
-        ``CircuitBreaker``, ``adaptive`` an ``AdaptiveLimit``; ``quota`` is
-        stored for issue 14's quotas (not enforced yet).  The same id gives the
+        ``CircuitBreaker``, ``adaptive`` an ``AdaptiveLimit``, ``quota`` a
+        ``Quota`` (admission per flow key; ``rule.run_for(key, fn)``).  The same id gives the
         same handle; asking again with a different setting (an argument left at
         its default is no setting) raises ``InvalidConfiguration``.
         """
@@ -332,9 +420,41 @@ class _EnforcerAPI:
     async def _run_async_state(self, rule: Any, rule_id: Optional[str],
                                fn: Callable[..., Any], args: Tuple[Any, ...],
                                kwargs: Dict[str, Any]) -> Any:
-        budget, token = rule._admit()
-        if budget is None:
+        quota = rule.quota
+        if quota is None:
+            budget, token = rule._admit()
+            if budget is None:
+                return rule.fallback
+            return await self._async_attempts(rule, rule_id, fn, budget, token, args, kwargs)
+        if not rule._sample():
             return rule.fallback
+        token = rule._breaker_token()
+        if token == 0:
+            return rule.fallback
+        key = current_flow.get()
+        if quota.is_async:
+            admitted = quota._spend_lease(key) or await quota.store._admit_async(key)
+        else:
+            admitted = quota.admit(key)
+        if not admitted:
+            rule._release_token(token)        # a half-open probe that will not run
+            rule._count_quota_refused()
+            self._quota_refused(rule, rule_id, fn, key, rule.constraints.fail_closed_on_timeout)
+            return rule.fallback
+        budget = rule._start()
+        try:
+            return await self._async_attempts(rule, rule_id, fn, budget, token, args, kwargs)
+        finally:
+            # The budget's figures: its wall time, and its CPU time (a reading of the
+            # thread's CPU clock over the coroutine's steps when the profile limits
+            # CPU; otherwise the wall-time bound ExecutionStats reports).
+            stats = budget.stats()
+            quota.debit(key, stats.cpu_time_us * 1000, stats.elapsed_ns)
+
+    async def _async_attempts(self, rule: Any, rule_id: Optional[str], fn: Callable[..., Any],
+                              budget: Any, token: int, args: Tuple[Any, ...],
+                              kwargs: Dict[str, Any]) -> Any:
+        rule_type = rule.key
         attempt = 1
         while True:
             try:
@@ -437,6 +557,9 @@ class _EnforcerAPI:
             state = self._rule_state(rule_type)
             *counts, by_kind = state.counters()
             entry: Dict[str, Any] = dict(zip(_COUNTER_NAMES, counts, strict=True))
+            if state.quota is not None:
+                # Refusals by cause (fastpath.prometheus exports them as fastpath_refused).
+                entry["refused"] = {"quota": entry["quota_refused"]}
             kinds = [ConstraintViolationType(k) for k in by_kind]
             if json:
                 entry["violations"] = {k.name: n for k, n in zip(kinds, by_kind.values(),

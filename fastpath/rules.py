@@ -22,7 +22,7 @@ __all__ = ["UNSET", "register", "rule_entry"]
 UNSET: Any = ...
 
 _COUNTER_NAMES = ("calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors",
-                  "retries")
+                  "retries", "quota_refused")
 
 
 def register(enforcer: Any, rule_id: Any, rule_type: Any, *, constraints: Any, fallback: Any,
@@ -44,10 +44,11 @@ def register(enforcer: Any, rule_id: Any, rule_type: Any, *, constraints: Any, f
         raise InvalidConfiguration(
             f"rule {rule_id!r}: adaptive must be a fastpath.AdaptiveLimit or None, "
             f"got {adaptive!r}")
-    if quota is not None and (isinstance(quota, (bool, int, float, str, bytes))
-                              or callable(quota) and isinstance(quota, type)):
+    quota_class = core._quota_class()
+    if quota is not None and type(quota) is not quota_class:
         raise InvalidConfiguration(
-            f"rule {rule_id!r}: quota must be a Quota object (issue 14) or None, got {quota!r}")
+            f"rule {rule_id!r}: quota must be a {quota_class.__module__}.Quota (of this "
+            f"enforcer's core) or None, got {quota!r}")
     with enforcer._registry_lock:
         existing = enforcer._registry.get(rule_id)
         if existing is not None:

@@ -275,6 +275,29 @@ def check_asyncio() -> str:
     return asyncio.run(main())
 
 
+def check_quota() -> str:
+    quota = fastpath.Quota(calls=3, wall_ms=60_000, per_s=1e9)   # no refill to speak of
+    enforcer = ConstraintEnforcer(quotas={RuleType.SEMANTIC: quota})
+    ran: List[int] = []
+    with enforcer.flow("selftest"):
+        results = [enforcer.execute_with_constraints(RuleType.SEMANTIC, ran.append, 1)
+                   for _ in range(5)]
+    if len(ran) != 3 or results.count(None) != 5:
+        raise AssertionError(f"3 calls admitted expected, fn ran {len(ran)} times")
+    usage = quota.store.usage("selftest")
+    if (usage["admitted"], usage["refused"]) != (3, 2):
+        raise AssertionError(f"expected 3 admitted and 2 refused, the store says {usage}")
+    refused = enforcer.metrics()[RuleType.SEMANTIC]["quota_refused"]
+    if refused != 2:
+        raise AssertionError(f"quota_refused is {refused}, expected 2")
+    if not 0 < usage["wall_ms"] < 60_000:
+        raise AssertionError(f"wall time debited {usage['wall_ms']} ms, expected a measurement")
+    if quota.store.usage("other")["admitted"] != 0:
+        raise AssertionError("a flow key was charged for another one's calls")
+    return (f"3 of 5 calls admitted, 2 refused without running fn; "
+            f"{usage['wall_ms'] * 1e3:.1f} us of wall time debited")
+
+
 CHECKS: List[Tuple[str, Callable[[], str]]] = [
     ("presets", check_presets),
     ("validation", check_validation),
@@ -287,6 +310,7 @@ CHECKS: List[Tuple[str, Callable[[], str]]] = [
     ("preemption", check_preemption),
     ("memory + CPU limits", check_memory_and_cpu),
     ("asyncio", check_asyncio),
+    ("quota", check_quota),
 ]
 
 

@@ -12,7 +12,7 @@ import types
 import pytest
 
 import fastpath
-from fastpath import _budget_py, _histogram_py, breaker, enforcer, errors
+from fastpath import _budget_py, _histogram_py, _quota_py, breaker, enforcer, errors
 
 try:
     from fastpath import _budget as _compiled
@@ -24,21 +24,30 @@ try:
 except ImportError:  # pragma: no cover - reported by make_namespace
     _compiled_histogram = None
 
+try:
+    from fastpath import _quota as _compiled_quota
+except ImportError:  # pragma: no cover - reported by make_namespace
+    _compiled_quota = None
+
 CORES = {"compiled": _compiled, "python": _budget_py}
 HISTOGRAMS = {"compiled": _compiled_histogram, "python": _histogram_py}
+QUOTAS = {"compiled": _compiled_quota, "python": _quota_py}
 
 
 def make_namespace(kind: str) -> types.SimpleNamespace:
     core = CORES[kind]
     histogram = HISTOGRAMS[kind]
-    if core is None or histogram is None:
+    quota = QUOTAS[kind]
+    if core is None or histogram is None or quota is None:
         pytest.fail("the compiled core is not built: run `make test`")
-    ns = types.SimpleNamespace(kind=kind, core=core, histogram=histogram)
+    ns = types.SimpleNamespace(kind=kind, core=core, histogram=histogram, quota=quota)
     for name in ("ExecutionConstraints", "ExecutionBudget", "ExecutionStats",
                  "set_preemption", "preemption_info", "_reseed_sampler",
                  "uninterruptible", "current_budget"):
         setattr(ns, name, getattr(core, name))
     ns.LatencyHistogram = histogram.LatencyHistogram
+    ns.Quota = quota.Quota
+    ns.LocalQuotaStore = quota.LocalQuotaStore
     for name in errors.__all__ + ["ExecutionInterrupted"]:
         setattr(ns, name, getattr(errors, name))
     ns.ConstraintEnforcer = enforcer._bind_enforcer(core)
@@ -54,6 +63,19 @@ def make_namespace(kind: str) -> types.SimpleNamespace:
 @pytest.fixture(params=["compiled", "python"], scope="session")
 def fp(request: pytest.FixtureRequest) -> types.SimpleNamespace:
     return make_namespace(request.param)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server for the session (tests/redis_server.py), stopped by PID."""
+    from tests.redis_server import RedisServer
+
+    try:
+        server = RedisServer().start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -45,3 +46,24 @@ def test_the_circuit_breaker_example_runs_and_prints_what_it_says():
 
 def test_the_adaptive_limit_example_runs_and_prints_what_it_says():
     assert _run_section("Adaptive limits") == ["20 100"]
+
+
+def _section_blocks(title: str) -> list:
+    """(code, expected output) of each python example of a section."""
+    text = README.read_text()
+    start = text.index(f"## {title}\n")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```\n```\n(.*?)```", text[start:end], re.S)
+
+
+def test_the_quota_examples_run_and_print_their_output(tmp_path, redis_server):
+    blocks = _section_blocks("Quotas")
+    assert len(blocks) == 2
+    for i, (code, expected) in enumerate(blocks):
+        script = tmp_path / f"quota_example_{i}.py"      # spawn needs an importable main
+        script.write_text(code)
+        out = subprocess.run([sys.executable, "-W", "error", str(script)],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "REDIS_URL": redis_server.url})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split("\n") == expected.split("\n")

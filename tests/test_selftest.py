@@ -10,8 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = {"presets", "validation", "budget", "sampling", "enforcer", "circuit breaker", "retry",
-         "histogram",
-         "preemption", "memory + CPU limits", "asyncio"}
+         "histogram", "preemption", "memory + CPU limits", "asyncio", "quota"}
 
 
 def _selftest(*args: str, twin: bool = False) -> subprocess.CompletedProcess[str]:

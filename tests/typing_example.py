@@ -16,7 +16,10 @@ from fastpath import (
     ExecutionConstraints,
     ExecutionStats,
     LatencyHistogram,
+    LocalQuotaStore,
+    Quota,
     RuleType,
+    current_flow_key,
     preemption_info,
 )
 from fastpath.typedefs import (
@@ -133,3 +136,11 @@ def sink(event: AuditEvent) -> None:
 
 
 sinking: ConstraintEnforcer = ConstraintEnforcer(audit_sink=sink)
+
+
+tool_calls: Quota = Quota(calls=1000, cpu_ms=2000, per_s=60, store=LocalQuotaStore())
+enforcer.set_quota(RuleType.FAST, tool_calls)
+with enforcer.flow("agent-42"):
+    enforcer.execute_with_constraints(RuleType.FAST, evaluate, "curl/8")
+left: dict[str, float] = tool_calls.remaining("agent-42")
+flow_key: object = current_flow_key()
