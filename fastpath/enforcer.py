@@ -454,7 +454,6 @@ class _EnforcerAPI:
     async def _async_attempts(self, rule: Any, rule_id: Optional[str], fn: Callable[..., Any],
                               budget: Any, token: int, args: Tuple[Any, ...],
                               kwargs: Dict[str, Any]) -> Any:
-        rule_type = rule.key
         attempt = 1
         while True:
             try:
