@@ -76,10 +76,12 @@ def test_bad_registrations_are_invalid_configuration(fp, args, kwargs, match):
         e.rule(rule_id, rule_type, **kwargs)
 
 
-def test_quota_is_stored_for_issue_14(fp):
+def test_a_rules_quota_is_its_handle_quota(fp):
+    # Admission through it is tested in tests/test_quota.py.
     e = fp.ConstraintEnforcer()
-    quota = object()
+    quota = fp.Quota(calls=10)
     assert e.rule("q", fp.RuleType.FAST, quota=quota).quota is quota
+    assert e.rule("q", fp.RuleType.FAST).quota is quota
 
 
 def test_fn_errors_propagate_unchanged_and_are_counted(fp):
