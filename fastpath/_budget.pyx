@@ -9,7 +9,6 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 import atexit as _atexit
-import os as _os
 import signal as _signal
 import sys as _sys
 import threading as _threading
@@ -185,7 +184,7 @@ cdef tuple _KIND_OBJS = (
 )
 # Order in which limits are checked and therefore recorded (seed: timeout first).
 cdef int[3] _CHECK_ORDER = [1, 2, 3]
-cdef object _normalize = _config.normalize
+cdef object _constraints_args = _config.constraints_args
 
 
 cdef inline int _ensure_watchdog() except -1:
@@ -207,13 +206,12 @@ cdef class ExecutionConstraints:
                          max_retries=None, retry_backoff_ms=None)
     """
 
-    def __init__(self, max_exec_ms, *, cpu_shares=None, memory_limit_bytes=None,
-                 sampling_rate=1.0, fail_closed_on_timeout=True, max_retries=None,
-                 retry_backoff_ms=None):
+    def __init__(self, *args, **kwargs):
+        # _config.constraints_args binds the arguments: a wrong call's TypeError
+        # then names ExecutionConstraints(), as the twin's does.
         if self._max_exec_ms:
             raise AttributeError("ExecutionConstraints is immutable; use replace()")
-        self._assign(_normalize(max_exec_ms, cpu_shares, memory_limit_bytes, sampling_rate,
-                                fail_closed_on_timeout, max_retries, retry_backoff_ms))
+        self._assign(_constraints_args(*args, **kwargs))
 
     cdef _assign(self, tuple values):
         max_exec_ms, cpu_shares, memory_limit, rate, fail_closed, retries, backoff = values
@@ -240,6 +238,8 @@ cdef class ExecutionConstraints:
         self._retry_backoff_ms = -1 if backoff is None else backoff
 
     cdef tuple _values(self):
+        if not self._max_exec_ms:       # ExecutionConstraints.__new__ without __init__
+            raise _config.unset_constraints()
         return (
             self._max_exec_ms,
             None if self._cpu_shares < 0 else self._cpu_shares,
@@ -352,6 +352,8 @@ cdef class ExecutionConstraints:
 
     cdef ExecutionBudget create_budget_c(self):
         cdef ExecutionBudget budget
+        if not self._max_exec_ms:
+            raise _config.unset_constraints()
         if not fp_wd_running:
             _ensure_watchdog()
         budget = ExecutionBudget.__new__(ExecutionBudget)
@@ -400,7 +402,7 @@ cdef ExecutionConstraints _constraints_from(tuple values):
 
 
 def _restore_constraints(*values):
-    return _constraints_from(_normalize(*values))
+    return _constraints_from(_config.normalize(*values))
 
 
 # ------------------------------------------------------------------------ stats
@@ -539,6 +541,8 @@ cdef class ExecutionBudget:
         if self._constraints is not None:
             raise AttributeError("ExecutionBudget is already started")
         _config.check_budget_args(constraints, ExecutionConstraints, preempt)
+        if not (<ExecutionConstraints>constraints)._max_exec_ms:
+            raise _config.unset_constraints()
         _ensure_watchdog()
         self._constraints = <ExecutionConstraints>constraints
         self._preempt = preempt
@@ -549,6 +553,9 @@ cdef class ExecutionBudget:
     def __dealloc__(self):
         if self._mem_rec:
             fp_mem_release(self._mem_rec)     # its blocks stop counting for it
+
+    def __reduce__(self):
+        raise _config.not_a_value(self)       # pickle, copy.copy and copy.deepcopy
 
     @property
     def constraints(self):
@@ -1192,6 +1199,8 @@ cdef class _RuleState:
     """One rule type's profile and counters (see ConstraintEnforcer)."""
 
     def __init__(self, key, ExecutionConstraints constraints, fallback, bint preempt):
+        if not constraints._max_exec_ms:
+            raise _config.unset_constraints()
         self.key = key
         self.constraints = constraints
         self.fallback = fallback
@@ -1388,29 +1397,19 @@ def _preempt_signal_handler(signum, frame):
         raise ExecutionInterrupted()
 
 
+cdef object _PREEMPT_SIGNAL = None  # its number, or None (FASTPATH_PREEMPT_SIGNAL=off)
+
+
 def _install_preempt_signal():
     """Install the main thread's preemption signal (on the main thread only)."""
     global fp_sig_route, fp_sig_py_handler, fp_sig_getsignal
-    spec = _os.environ.get("FASTPATH_PREEMPT_SIGNAL", "").strip()
-    if spec.lower() in ("0", "off", "none", "no"):
+    signum = _PREEMPT_SIGNAL      # FASTPATH_PREEMPT_SIGNAL, checked by _init_module
+    if signum is None:
         fp_sig_route = FP_ROUTE_OFF
         return 0
     if _threading.current_thread() is not _threading.main_thread():
         fp_sig_route = FP_ROUTE_PENDING     # installed at the main thread's first call
         return 0
-    if spec:
-        try:
-            signum = int(spec)
-        except ValueError:
-            raise InvalidConfiguration(
-                f"FASTPATH_PREEMPT_SIGNAL must be a signal number or 'off', got {spec!r}"
-            ) from None
-        if not 1 <= signum < _signal.NSIG:
-            raise InvalidConfiguration(
-                f"FASTPATH_PREEMPT_SIGNAL must be within 1..{_signal.NSIG - 1}, got {signum}"
-            )
-    else:
-        signum = int(_signal.SIGRTMAX) - 5
     current = _signal.getsignal(signum)
     if current is not _preempt_signal_handler:
         if current not in (_signal.SIG_DFL, None):
@@ -1620,19 +1619,21 @@ cdef tuple _CRITICAL_FILES = _critical.CRITICAL_FILES   # module keeps it alive
 
 def _init_module():
     global fp_interrupt_type, fp_preempt_enabled, fp_tsc_usable, fp_fast_gil
-    global fp_critical_files, fp_main_ident
+    global fp_critical_files, fp_main_ident, _PREEMPT_SIGNAL
     fp_interrupt_type = <PyObject *>ExecutionInterrupted   # module keeps it alive
     fp_critical_files = <PyObject *>_CRITICAL_FILES
     fp_main_ident = _threading.main_thread().ident
     # Read the TSC directly only where the kernel's own clock is the TSC;
     # FASTPATH_CLOCK=monotonic forces the kernel clock.
-    clock = _os.environ.get("FASTPATH_CLOCK", "").strip().lower()
-    if clock not in ("", "tsc", "monotonic"):
-        raise InvalidConfiguration(f"FASTPATH_CLOCK must be 'tsc' or 'monotonic', got {clock!r}")
-    fp_tsc_usable = 1 if (clock != "monotonic" and _kernel_clocksource() == "tsc") else 0
-    if not _config.env_flag("FASTPATH_FAST_GIL"):
+    # Every variable is read and checked here, by the functions the twin uses.
+    clock = _config.env_clock()
+    fast_gil = _config.env_flag("FASTPATH_FAST_GIL", True)
+    preempt = _config.env_flag("FASTPATH_PREEMPT", True)
+    _PREEMPT_SIGNAL = _config.env_preempt_signal()
+    fp_tsc_usable = 1 if (clock == "tsc" and _kernel_clocksource() == "tsc") else 0
+    if not fast_gil:
         fp_fast_gil = 0
-    if not _config.env_flag("FASTPATH_PREEMPT"):
+    if not preempt:
         fp_preempt_enabled = 0
     _install_preempt_signal()
     _install_switch_interval_view()

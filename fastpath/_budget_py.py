@@ -27,8 +27,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import (Any, Awaitable, Callable, Dict, Generator, List, Mapping, Optional, Tuple,
-                    TypeVar)
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Generator, List, Mapping,
+                    Optional, Tuple, TypeVar)
 
 from . import _config
 from ._critical import frame_is_critical
@@ -99,7 +99,11 @@ class ExecutionConstraints:
         max_retries: Optional[int] = None,
         retry_backoff_ms: Optional[int] = None,
     ) -> None:
-        if hasattr(self, "_values"):
+        try:
+            object.__getattribute__(self, "_values")
+        except AttributeError:
+            pass                # not initialised yet: the normal case
+        else:
             raise AttributeError("ExecutionConstraints is immutable; use replace()")
         self._assign(
             _config.normalize(
@@ -128,6 +132,18 @@ class ExecutionConstraints:
         setter(self, "_always", rate >= 1.0)
         setter(self, "_never", rate <= 0.0)
         setter(self, "_rate", rate)
+
+    # A call with wrong arguments names ExecutionConstraints(), never __init__().
+    __init__.__qualname__ = "ExecutionConstraints"
+
+    if not TYPE_CHECKING:   # (mypy would take __getattr__ as "any attribute exists")
+        def __getattr__(self, name: str) -> Any:
+            # Reached only for a missing attribute: ExecutionConstraints.__new__
+            # without __init__ has no values, and is unusable rather than invalid.
+            if name in ExecutionConstraints.__slots__:
+                raise _config.unset_constraints()
+            raise AttributeError(
+                f"'ExecutionConstraints' object has no attribute {name!r}", name=name, obj=self)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"ExecutionConstraints is immutable: cannot set {name!r}")
@@ -381,7 +397,13 @@ _slots: "weakref.WeakSet[_Slot]" = weakref.WeakSet()
 _watchdog_lock = threading.Lock()
 _watchdog: Optional[threading.Thread] = None
 _watchdog_stop = threading.Event()
-_preempt_enabled = _config.env_flag("FASTPATH_PREEMPT")
+_preempt_enabled = _config.env_flag("FASTPATH_PREEMPT", True)
+# The compiled core's other variables are checked here too (by the same
+# functions), so that an environment one core accepts the other accepts: the
+# twin has no preemption signal, no TSC clock and no GIL hand-over to tune.
+_config.env_flag("FASTPATH_FAST_GIL", True)
+_config.env_clock()
+_config.env_preempt_signal()
 _fires = 0
 
 
@@ -591,6 +613,11 @@ class ExecutionBudget:
         cur = current_budget()
         if cur is not None and cur._deadline_ns < self._deadline_ns:
             self._deadline_ns = cur._deadline_ns   # never outlives the current budget
+
+    __init__.__qualname__ = "ExecutionBudget"   # wrong arguments name ExecutionBudget()
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        raise _config.not_a_value(self)       # pickle, copy.copy and copy.deepcopy
 
     @property
     def constraints(self) -> ExecutionConstraints:

@@ -146,6 +146,8 @@ class _EnforcerAPI:
         self._audit_failure_lock = threading.Lock()
         self._configure(_default_profiles(self._constraints_class))
 
+    __init__.__qualname__ = "ConstraintEnforcer"   # wrong arguments name ConstraintEnforcer()
+
     @classmethod
     def with_constraints(
         cls: Type[E],
