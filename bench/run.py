@@ -239,6 +239,12 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
         cheaper(("record", "hdrhistogram"), ("record", "compiled"), 30, False, "hdrhistogram"),
         "≥ 30× cheaper")
 
+    for sub, (call, key) in zip("abcd", [("fast_rule()", "preset_fast_rule"),
+                                          ("semantic_rule()", "preset_semantic_rule"),
+                                          ("wasm_hook(10)", "preset_wasm_hook"),
+                                          ("observational(0.01)", "preset_observational")]):
+        add(f"18{sub}", f"`ExecutionConstraints.{call}`", vs_f(key, "compiled", 4), "≤ 4× f()")
+
     def arm():
         ns = extras["arm_disarm"]["ns_per_pair"]
         return f"{fmt_ns(ns)} per arm+disarm pair = {fmt_x(ns / f)} f() (C loop)", ns <= 100, ns
@@ -401,6 +407,10 @@ OPERATIONS: list[tuple[str, str, str, list[str]]] = [
     ("budget.elapsed_ns()", "elapsed_ns", "per call", []),
     ("budget.check(), no violation", "check", "per call", []),
     ("sampling: should_sample() at 0.5", "should_sample", "per call", ["random.random() < p"]),
+    ("preset: ExecutionConstraints.fast_rule()", "preset_fast_rule", "per call", []),
+    ("preset: ExecutionConstraints.semantic_rule()", "preset_semantic_rule", "per call", []),
+    ("preset: ExecutionConstraints.wasm_hook(10)", "preset_wasm_hook", "per call", []),
+    ("preset: ExecutionConstraints.observational(0.01)", "preset_observational", "per call", []),
     ("create_budget() (fast_rule)", "create_budget", "per call", []),
     ("create_budget().enforce(f) (fast_rule)", "create_enforce_fast", "overhead", []),
     ("budget.enforce(f), reused budget", "enforce_reused", "overhead", []),

@@ -285,25 +285,34 @@ cdef class ExecutionConstraints:
         return None if self._cpu_allowance_ns < 0 else self._cpu_allowance_ns / 1e6
 
     # -- presets ---------------------------------------------------------------
+    # Immutable values, so each is built once: fast_rule() and semantic_rule()
+    # return one object each, wasm_hook(n) and observational(r) one per argument
+    # (exact int / float arguments, at most _PRESET_CACHE_MAX of each).
     @classmethod
     def fast_rule(cls):
         """5 ms, 10 CPU shares, 1 MB, fail closed."""
-        return _constraints_from(_config.fast_rule_args())
+        global _FAST_RULE
+        if _FAST_RULE is None:
+            _FAST_RULE = _constraints_from(_config.fast_rule_args())
+        return _FAST_RULE
 
     @classmethod
     def semantic_rule(cls):
         """100 ms, 50 CPU shares, 10 MB, fail open, 2 retries 10 ms apart."""
-        return _constraints_from(_config.semantic_rule_args())
+        global _SEMANTIC_RULE
+        if _SEMANTIC_RULE is None:
+            _SEMANTIC_RULE = _constraints_from(_config.semantic_rule_args())
+        return _SEMANTIC_RULE
 
     @classmethod
     def wasm_hook(cls, max_ms=10):
         """max_ms, 20 CPU shares, 5 MB, fail closed."""
-        return _constraints_from(_config.wasm_hook_args(max_ms))
+        return _preset(_WASM_HOOKS, int, max_ms, _config.wasm_hook_args)
 
     @classmethod
     def observational(cls, sampling_rate=1.0):
         """2 ms, 5 CPU shares, 512 KB, the given sampling rate, fail open."""
-        return _constraints_from(_config.observational_args(sampling_rate))
+        return _preset(_OBSERVATIONAL, float, sampling_rate, _config.observational_args)
 
     # -- value semantics -------------------------------------------------------
     def __eq__(self, other):
@@ -393,6 +402,27 @@ def current_budget():
     """The innermost budget whose enforce(), enforce_async() or scope is running in
     this thread and task, or None."""
     return _current_budget()
+
+
+cdef object _FAST_RULE = None
+cdef object _SEMANTIC_RULE = None
+cdef dict _WASM_HOOKS = {}          # max_ms (exact int) -> wasm_hook(max_ms)
+cdef dict _OBSERVATIONAL = {}       # sampling_rate (exact float) -> observational(rate)
+cdef Py_ssize_t _PRESET_CACHE_MAX = 64
+
+
+cdef object _preset(dict cache, type exact, object arg, object build):
+    """A preset of one argument, from ``cache`` when ``arg`` is of type ``exact``
+    (a bool is never taken for 1, nor an int for a float's key)."""
+    cdef object found
+    if type(arg) is exact:
+        found = cache.get(arg)
+        if found is not None:
+            return found
+    found = _constraints_from(build(arg))
+    if type(arg) is exact and len(cache) < _PRESET_CACHE_MAX:
+        cache[arg] = found
+    return found
 
 
 cdef ExecutionConstraints _constraints_from(tuple values):

@@ -170,25 +170,27 @@ class ExecutionConstraints:
         self._assign(values)
         return self
 
+    # Presets are immutable values, built once each (per argument for the two
+    # that take one), as in the compiled core.
     @classmethod
     def fast_rule(cls) -> "ExecutionConstraints":
         """5 ms, 10 CPU shares, 1 MB, fail closed."""
-        return cls._from(_config.fast_rule_args())
+        return _preset(_PRESETS, str, "fast_rule", lambda _: _config.fast_rule_args())
 
     @classmethod
     def semantic_rule(cls) -> "ExecutionConstraints":
         """100 ms, 50 CPU shares, 10 MB, fail open, 2 retries 10 ms apart."""
-        return cls._from(_config.semantic_rule_args())
+        return _preset(_PRESETS, str, "semantic_rule", lambda _: _config.semantic_rule_args())
 
     @classmethod
     def wasm_hook(cls, max_ms: int = 10) -> "ExecutionConstraints":
         """max_ms, 20 CPU shares, 5 MB, fail closed."""
-        return cls._from(_config.wasm_hook_args(max_ms))
+        return _preset(_WASM_HOOKS, int, max_ms, _config.wasm_hook_args)
 
     @classmethod
     def observational(cls, sampling_rate: float = 1.0) -> "ExecutionConstraints":
         """2 ms, 5 CPU shares, 512 KB, the given sampling rate, fail open."""
-        return cls._from(_config.observational_args(sampling_rate))
+        return _preset(_OBSERVATIONAL, float, sampling_rate, _config.observational_args)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not ExecutionConstraints:
@@ -231,6 +233,26 @@ class ExecutionConstraints:
     def create_budget(self) -> "ExecutionBudget":
         """A started ExecutionBudget for these constraints."""
         return ExecutionBudget(self)
+
+
+_PRESETS: Dict[Any, ExecutionConstraints] = {}
+_WASM_HOOKS: Dict[Any, ExecutionConstraints] = {}
+_OBSERVATIONAL: Dict[Any, ExecutionConstraints] = {}
+_PRESET_CACHE_MAX = 64
+
+
+def _preset(cache: Dict[Any, ExecutionConstraints], exact: type, arg: Any,
+            build: Callable[[Any], _config.Normalized]) -> ExecutionConstraints:
+    """A preset from ``cache`` when ``arg`` is of type ``exact`` (a bool is never
+    taken for 1, nor an int for a float's key); at most _PRESET_CACHE_MAX kept."""
+    if type(arg) is exact:
+        found = cache.get(arg)
+        if found is not None:
+            return found
+    found = ExecutionConstraints._from(build(arg))
+    if type(arg) is exact and len(cache) < _PRESET_CACHE_MAX:
+        cache[arg] = found
+    return found
 
 
 def _restore_constraints(*values: Any) -> ExecutionConstraints:
