@@ -239,10 +239,10 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
         cheaper(("record", "hdrhistogram"), ("record", "compiled"), 30, False, "hdrhistogram"),
         "≥ 30× cheaper")
 
-    for sub, (call, key) in zip("abcd", [("fast_rule()", "preset_fast_rule"),
-                                          ("semantic_rule()", "preset_semantic_rule"),
-                                          ("wasm_hook(10)", "preset_wasm_hook"),
-                                          ("observational(0.01)", "preset_observational")]):
+    for sub, call, key in [("a", "fast_rule()", "preset_fast_rule"),
+                           ("b", "semantic_rule()", "preset_semantic_rule"),
+                           ("c", "wasm_hook(10)", "preset_wasm_hook"),
+                           ("d", "observational(0.01)", "preset_observational")]:
         add(f"18{sub}", f"`ExecutionConstraints.{call}`", vs_f(key, "compiled", 4), "≤ 4× f()")
 
     def arm():

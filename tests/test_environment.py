@@ -53,8 +53,9 @@ BAD_SIGNALS = ["15", "10", "9", "19", "32", "0", "bogus", "", "65", "SIGRTMAX+1"
 @pytest.mark.parametrize("value", ["15", "10", "9", "19", "32", "0", "bogus", "", "BoGuS"])
 def test_a_bad_preempt_signal_fails_the_import_naming_the_variable_and_value(core, value):
     out = _import(core, FASTPATH_PREEMPT_SIGNAL=value)
-    _rejected(out, f"FASTPATH_PREEMPT_SIGNAL must be a real-time signal")
-    assert out.stderr.strip().endswith(f"got {value!r}"), out.stderr   # as given, not lower-cased
+    _rejected(out, "FASTPATH_PREEMPT_SIGNAL must be a real-time signal")
+    # The value as given: not stripped, not lower-cased.
+    assert out.stderr.strip().endswith(f"got {value!r}"), out.stderr
 
 
 @pytest.mark.parametrize("value", BAD_SIGNALS)
