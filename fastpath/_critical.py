@@ -7,6 +7,11 @@ two: every other thread then blocks on it forever.  Both cores put an
 interrupt off while the target thread's innermost frame, or its caller, runs
 code from one of these files, and send it again shortly after (and likewise
 inside ``fastpath.uninterruptible()``).
+
+Weak-reference callbacks (``weakref.py``, ``_weakrefset.py``) are on the list
+too: the garbage collector runs them at any point of the interrupted code, and
+an exception raised in one is "ignored" (printed as unraisable), so an
+interrupt landing there would be lost and reported as an error of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ CRITICAL_FILES: Tuple[str, ...] = tuple(
         "concurrent" + os.sep,
         "multiprocessing" + os.sep,
         "_threading_local.py",
+        "weakref.py",
+        "_weakrefset.py",
     )
 ) + ("<frozen importlib._bootstrap",)
 

@@ -490,3 +490,24 @@ def test_a_regex_past_its_cpu_allowance_in_a_worker_is_not_interruptible(fp):
     assert fp.ConstraintViolationType.CPU_EXCEEDED in v.violations
     assert v.stats.elapsed_ns > 150_000_000
     assert v.interruptible is False
+
+
+# ------------------------------------------------ 15. weak-reference callbacks
+
+def test_an_interrupt_is_put_off_inside_a_weakref_callback():
+    """The GC runs weakref callbacks anywhere; an interrupt raised in one is only
+    printed as "ignored" (seen under load: ``WeakSet._remove`` in a worker thread
+    spinning under a 1 ms budget), so such frames are critical, like logging's."""
+    import weakref
+
+    from fastpath._critical import frame_is_critical
+
+    class Obj:
+        pass
+
+    seen = []
+    obj = Obj()
+    weakref.finalize(obj, lambda: seen.append(frame_is_critical(sys._getframe())))
+    del obj                                 # the callback runs in weakref.py's finalize
+    assert seen == [True]
+    assert not frame_is_critical(sys._getframe())

@@ -343,7 +343,7 @@ def _raise(exc):
 
 def test_decorator_keeps_metadata_and_carries_the_rule_id(fp):
     sink = Sink()
-    # FAST calls must fit (a minute); SEMANTIC (100 ms) is the one that overruns.
+    # FAST calls must fit (a minute); WASM_HOOK and SEMANTIC (100 ms) calls overrun.
     e = fp.ConstraintEnforcer.with_constraints(
         **small_profiles(fp, fast=fp.ExecutionConstraints(ROOMY_MS, fail_closed_on_timeout=True)),
         audit_sink=sink, preempt=False)
