@@ -56,6 +56,27 @@ def test_should_sample(benchmark, fp):
     measure(benchmark, "sampling", "should_sample", fp.kind, constraints.should_sample)
 
 
+# -- presets (immutable values, built once: goal 18) ------------------------------
+
+def test_preset_fast_rule(benchmark, fp):
+    measure(benchmark, "presets", "preset_fast_rule", fp.kind, fp.ExecutionConstraints.fast_rule)
+
+
+def test_preset_semantic_rule(benchmark, fp):
+    measure(benchmark, "presets", "preset_semantic_rule", fp.kind,
+            fp.ExecutionConstraints.semantic_rule)
+
+
+def test_preset_wasm_hook(benchmark, fp):
+    measure(benchmark, "presets", "preset_wasm_hook", fp.kind, fp.ExecutionConstraints.wasm_hook,
+            10)
+
+
+def test_preset_observational(benchmark, fp):
+    measure(benchmark, "presets", "preset_observational", fp.kind,
+            fp.ExecutionConstraints.observational, 0.01)
+
+
 # -- budget creation -----------------------------------------------------------
 
 def test_create_budget(benchmark, fp):

@@ -34,12 +34,12 @@ def _rule_row(benchmark, fp, key, **rule_kwargs):
 
 
 def test_rule_call(benchmark, fp):
-    """``rule(f)`` of a registered FAST rule: minus ``f()`` is goal 18."""
+    """``rule(f)`` of a registered FAST rule: minus ``f()`` is goal 19."""
     _rule_row(benchmark, fp, "rule")
 
 
 def test_rule_call_closed_breaker(benchmark, fp):
-    """The same with a closed CircuitBreaker (never trips: failure_rate 1.0): goal 19."""
+    """The same with a closed CircuitBreaker (never trips: failure_rate 1.0): goal 20."""
     b = breaker._bind_breaker(fp.module)(failure_rate=1.0)
     rule = _rule_row(benchmark, fp, "rule_breaker", breaker=b)
     assert rule.breaker.metrics()["state"] == "closed"
@@ -47,7 +47,7 @@ def test_rule_call_closed_breaker(benchmark, fp):
 
 def test_rule_call_adaptive(benchmark, fp):
     """The same with an AdaptiveLimit (1000-call windows, kept at the 5 ms cap by
-    min_ms so the deny rate is unchanged): goal 20."""
+    min_ms so the deny rate is unchanged): goal 21."""
     rule = _rule_row(benchmark, fp, "rule_adaptive",
                      adaptive=adaptive.AdaptiveLimit(window_calls=1000, min_ms=5))
     assert rule.metrics()["adaptive"]["windows"] > 0

@@ -203,7 +203,7 @@ cdef bint _from_memory_error(object exc) except -1:
 cdef tuple _KIND_OBJS = (None,) + tuple([ConstraintViolationType(k) for k in range(1, 5)])
 # Order in which limits are checked and therefore recorded (seed: timeout first).
 cdef int[3] _CHECK_ORDER = [FP_TIMEOUT, FP_MEMORY, FP_CPU]
-cdef object _normalize = _config.normalize
+cdef object _constraints_args = _config.constraints_args
 
 
 def _gc_phase(phase, info):
@@ -235,13 +235,12 @@ cdef class ExecutionConstraints:
 Limits for one rule evaluation: immutable, hashable, picklable.
     """
 
-    def __init__(self, max_exec_ms, *, cpu_shares=None, memory_limit_bytes=None,
-                 sampling_rate=1.0, fail_closed_on_timeout=True, max_retries=None,
-                 retry_backoff_ms=None):
+    def __init__(self, *args, **kwargs):
+        # _config.constraints_args binds the arguments: a wrong call's TypeError
+        # then names ExecutionConstraints(), as the twin's does.
         if self._max_exec_ms:
             raise AttributeError("ExecutionConstraints is immutable; use replace()")
-        self._assign(_normalize(max_exec_ms, cpu_shares, memory_limit_bytes, sampling_rate,
-                                fail_closed_on_timeout, max_retries, retry_backoff_ms))
+        self._assign(_constraints_args(*args, **kwargs))
 
     cdef _assign(self, tuple values):
         max_exec_ms, cpu_shares, memory_limit, rate, fail_closed, retries, backoff = values
@@ -268,6 +267,8 @@ Limits for one rule evaluation: immutable, hashable, picklable.
         self._retry_backoff_ms = -1 if backoff is None else backoff
 
     cdef tuple _values(self):
+        if not self._max_exec_ms:       # ExecutionConstraints.__new__ without __init__
+            raise _config.unset_constraints()
         return (
             self._max_exec_ms,
             None if self._cpu_shares < 0 else self._cpu_shares,
@@ -313,25 +314,34 @@ Limits for one rule evaluation: immutable, hashable, picklable.
         return None if self._cpu_allowance_ns < 0 else self._cpu_allowance_ns / 1e6
 
     # -- presets ---------------------------------------------------------------
+    # Immutable values, so each is built once: fast_rule() and semantic_rule()
+    # return one object each, wasm_hook(n) and observational(r) one per argument
+    # (exact int / float arguments, at most _PRESET_CACHE_MAX of each).
     @classmethod
     def fast_rule(cls):
         """5 ms, 10 CPU shares, 1 MB, fail closed."""
-        return _constraints_from(_config.fast_rule_args())
+        global _FAST_RULE
+        if _FAST_RULE is None:
+            _FAST_RULE = _constraints_from(_config.fast_rule_args())
+        return _FAST_RULE
 
     @classmethod
     def semantic_rule(cls):
         """100 ms, 50 CPU shares, 10 MB, fail open, 2 retries 10 ms apart."""
-        return _constraints_from(_config.semantic_rule_args())
+        global _SEMANTIC_RULE
+        if _SEMANTIC_RULE is None:
+            _SEMANTIC_RULE = _constraints_from(_config.semantic_rule_args())
+        return _SEMANTIC_RULE
 
     @classmethod
     def wasm_hook(cls, max_ms=10):
         """max_ms, 20 CPU shares, 5 MB, fail closed."""
-        return _constraints_from(_config.wasm_hook_args(max_ms))
+        return _preset(_WASM_HOOKS, int, max_ms, _config.wasm_hook_args)
 
     @classmethod
     def observational(cls, sampling_rate=1.0):
         """2 ms, 5 CPU shares, 512 KB, the given sampling rate, fail open."""
-        return _constraints_from(_config.observational_args(sampling_rate))
+        return _preset(_OBSERVATIONAL, float, sampling_rate, _config.observational_args)
 
     # -- value semantics -------------------------------------------------------
     def __eq__(self, other):
@@ -380,6 +390,8 @@ Limits for one rule evaluation: immutable, hashable, picklable.
 
     cdef ExecutionBudget create_budget_c(self):
         cdef ExecutionBudget budget
+        if not self._max_exec_ms:
+            raise _config.unset_constraints()
         if not fp_wd_running:
             _ensure_watchdog()
         budget = ExecutionBudget.__new__(ExecutionBudget)
@@ -421,6 +433,27 @@ def current_budget():
     return _current_budget()
 
 
+cdef object _FAST_RULE = None
+cdef object _SEMANTIC_RULE = None
+cdef dict _WASM_HOOKS = {}          # max_ms (exact int) -> wasm_hook(max_ms)
+cdef dict _OBSERVATIONAL = {}       # sampling_rate (exact float) -> observational(rate)
+cdef Py_ssize_t _PRESET_CACHE_MAX = 64
+
+
+cdef object _preset(dict cache, type exact, object arg, object build):
+    """A preset of one argument, from ``cache`` when ``arg`` is of type ``exact``
+    (a bool is never taken for 1, nor an int for a float's key)."""
+    cdef object found
+    if type(arg) is exact:
+        found = cache.get(arg)
+        if found is not None:
+            return found
+    found = _constraints_from(build(arg))
+    if type(arg) is exact and len(cache) < _PRESET_CACHE_MAX:
+        cache[arg] = found
+    return found
+
+
 cdef ExecutionConstraints _constraints_from(tuple values):
     cdef ExecutionConstraints c = ExecutionConstraints.__new__(ExecutionConstraints)
     c._assign(values)
@@ -428,7 +461,7 @@ cdef ExecutionConstraints _constraints_from(tuple values):
 
 
 def _restore_constraints(*values):
-    return _constraints_from(_normalize(*values))
+    return _constraints_from(_config.normalize(*values))
 
 
 # ------------------------------------------------------------------------ stats
@@ -574,6 +607,8 @@ The running limits of one evaluation; its clock starts when it is created.
         if self._constraints is not None:
             raise AttributeError("ExecutionBudget is already started")
         _config.check_budget_args(constraints, ExecutionConstraints, preempt)
+        if not (<ExecutionConstraints>constraints)._max_exec_ms:
+            raise _config.unset_constraints()
         _ensure_watchdog()
         self._constraints = <ExecutionConstraints>constraints
         self._preempt = preempt
@@ -584,6 +619,9 @@ The running limits of one evaluation; its clock starts when it is created.
     def __dealloc__(self):
         if self._mem_rec:
             fp_mem_release(self._mem_rec)     # its blocks stop counting for it
+
+    def __reduce__(self):
+        raise _config.not_a_value(self)       # pickle, copy.copy and copy.deepcopy
 
     @property
     def constraints(self):
@@ -1232,6 +1270,8 @@ cdef class _RuleState:
 
     def __init__(self, key, ExecutionConstraints constraints, fallback, bint preempt,
                  rule_id=None, _Breaker breaker=None, _Adaptive adaptive=None, quota=None):
+        if not constraints._max_exec_ms:
+            raise _config.unset_constraints()
         self.key = key
         self.configured = constraints
         if adaptive is not None and adaptive.limit_ms != constraints._max_exec_ms:
@@ -1549,29 +1589,19 @@ def _preempt_signal_handler(signum, frame):
         raise ExecutionInterrupted()
 
 
+cdef object _PREEMPT_SIGNAL = None  # its number, or None (FASTPATH_PREEMPT_SIGNAL=off)
+
+
 def _install_preempt_signal():
     """Install the main thread's preemption signal (on the main thread only)."""
     global fp_sig_route, fp_sig_py_handler, fp_sig_getsignal
-    spec = _os.environ.get("FASTPATH_PREEMPT_SIGNAL", "").strip()
-    if spec.lower() in ("0", "off", "none", "no"):
+    signum = _PREEMPT_SIGNAL      # FASTPATH_PREEMPT_SIGNAL, checked by _init_module
+    if signum is None:
         fp_sig_route = FP_ROUTE_OFF
         return 0
     if _threading.current_thread() is not _threading.main_thread():
         fp_sig_route = FP_ROUTE_PENDING     # installed at the main thread's first call
         return 0
-    if spec:
-        try:
-            signum = int(spec)
-        except ValueError:
-            raise InvalidConfiguration(
-                f"FASTPATH_PREEMPT_SIGNAL must be a signal number or 'off', got {spec!r}"
-            ) from None
-        if not 1 <= signum < _signal.NSIG:
-            raise InvalidConfiguration(
-                f"FASTPATH_PREEMPT_SIGNAL must be within 1..{_signal.NSIG - 1}, got {signum}"
-            )
-    else:
-        signum = int(_signal.SIGRTMAX) - 5
     current = _signal.getsignal(signum)
     if current is not _preempt_signal_handler:
         if current not in (_signal.SIG_DFL, None):
@@ -1811,20 +1841,22 @@ def _check_kind_numbers():
 
 def _init_module():
     global fp_interrupt_type, fp_preempt_enabled, fp_tsc_usable, fp_fast_gil
-    global fp_critical_files, fp_main_ident
+    global fp_critical_files, fp_main_ident, _PREEMPT_SIGNAL
     _check_kind_numbers()
     fp_interrupt_type = <PyObject *>ExecutionInterrupted   # module keeps it alive
     fp_critical_files = <PyObject *>_CRITICAL_FILES
     fp_main_ident = _threading.main_thread().ident
     # Read the TSC directly only where the kernel's own clock is the TSC;
     # FASTPATH_CLOCK=monotonic forces the kernel clock.
-    clock = _os.environ.get("FASTPATH_CLOCK", "").strip().lower()
-    if clock not in ("", "tsc", "monotonic"):
-        raise InvalidConfiguration(f"FASTPATH_CLOCK must be 'tsc' or 'monotonic', got {clock!r}")
-    fp_tsc_usable = 1 if (clock != "monotonic" and _kernel_clocksource() == "tsc") else 0
-    if not _config.env_flag("FASTPATH_FAST_GIL"):
+    # Every variable is read and checked here, by the functions the twin uses.
+    clock = _config.env_clock()
+    fast_gil = _config.env_flag("FASTPATH_FAST_GIL", True)
+    preempt = _config.env_flag("FASTPATH_PREEMPT", True)
+    _PREEMPT_SIGNAL = _config.env_preempt_signal()
+    fp_tsc_usable = 1 if (clock == "tsc" and _kernel_clocksource() == "tsc") else 0
+    if not fast_gil:
         fp_fast_gil = 0
-    if not _config.env_flag("FASTPATH_PREEMPT"):
+    if not preempt:
         fp_preempt_enabled = 0
     _install_preempt_signal()
     _install_switch_interval_view()

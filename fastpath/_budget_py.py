@@ -110,7 +110,11 @@ class ExecutionConstraints:
         max_retries: Optional[int] = None,
         retry_backoff_ms: Optional[int] = None,
     ) -> None:
-        if hasattr(self, "_values"):
+        try:
+            object.__getattribute__(self, "_values")
+        except AttributeError:
+            pass                # not initialised yet: the normal case
+        else:
             raise AttributeError("ExecutionConstraints is immutable; use replace()")
         self._assign(
             _config.normalize(
@@ -140,6 +144,18 @@ class ExecutionConstraints:
         setter(self, "_never", rate <= 0.0)
         setter(self, "_rate", rate)
 
+    # A call with wrong arguments names ExecutionConstraints(), never __init__().
+    __init__.__qualname__ = "ExecutionConstraints"
+
+    if not TYPE_CHECKING:   # (mypy would take __getattr__ as "any attribute exists")
+        def __getattr__(self, name: str) -> Any:
+            # Reached only for a missing attribute: ExecutionConstraints.__new__
+            # without __init__ has no values, and is unusable rather than invalid.
+            if name in ExecutionConstraints.__slots__:
+                raise _config.unset_constraints()
+            raise AttributeError(
+                f"'ExecutionConstraints' object has no attribute {name!r}", name=name, obj=self)
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"ExecutionConstraints is immutable: cannot set {name!r}")
 
@@ -165,25 +181,27 @@ class ExecutionConstraints:
         self._assign(values)
         return self
 
+    # Presets are immutable values, built once each (per argument for the two
+    # that take one), as in the compiled core.
     @classmethod
     def fast_rule(cls) -> "ExecutionConstraints":
         """5 ms, 10 CPU shares, 1 MB, fail closed."""
-        return cls._from(_config.fast_rule_args())
+        return _preset(_PRESETS, str, "fast_rule", lambda _: _config.fast_rule_args())
 
     @classmethod
     def semantic_rule(cls) -> "ExecutionConstraints":
         """100 ms, 50 CPU shares, 10 MB, fail open, 2 retries 10 ms apart."""
-        return cls._from(_config.semantic_rule_args())
+        return _preset(_PRESETS, str, "semantic_rule", lambda _: _config.semantic_rule_args())
 
     @classmethod
     def wasm_hook(cls, max_ms: int = 10) -> "ExecutionConstraints":
         """max_ms, 20 CPU shares, 5 MB, fail closed."""
-        return cls._from(_config.wasm_hook_args(max_ms))
+        return _preset(_WASM_HOOKS, int, max_ms, _config.wasm_hook_args)
 
     @classmethod
     def observational(cls, sampling_rate: float = 1.0) -> "ExecutionConstraints":
         """2 ms, 5 CPU shares, 512 KB, the given sampling rate, fail open."""
-        return cls._from(_config.observational_args(sampling_rate))
+        return _preset(_OBSERVATIONAL, float, sampling_rate, _config.observational_args)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not ExecutionConstraints:
@@ -226,6 +244,26 @@ class ExecutionConstraints:
     def create_budget(self) -> "ExecutionBudget":
         """A started ExecutionBudget for these constraints."""
         return ExecutionBudget(self)
+
+
+_PRESETS: Dict[Any, ExecutionConstraints] = {}
+_WASM_HOOKS: Dict[Any, ExecutionConstraints] = {}
+_OBSERVATIONAL: Dict[Any, ExecutionConstraints] = {}
+_PRESET_CACHE_MAX = 64
+
+
+def _preset(cache: Dict[Any, ExecutionConstraints], exact: type, arg: Any,
+            build: Callable[[Any], _config.Normalized]) -> ExecutionConstraints:
+    """A preset from ``cache`` when ``arg`` is of type ``exact`` (a bool is never
+    taken for 1, nor an int for a float's key); at most _PRESET_CACHE_MAX kept."""
+    if type(arg) is exact:
+        found = cache.get(arg)
+        if found is not None:
+            return found
+    found = ExecutionConstraints._from(build(arg))
+    if type(arg) is exact and len(cache) < _PRESET_CACHE_MAX:
+        cache[arg] = found
+    return found
 
 
 def _restore_constraints(*values: Any) -> ExecutionConstraints:
@@ -393,7 +431,13 @@ _slots: "weakref.WeakSet[_Slot]" = weakref.WeakSet()
 _watchdog_lock = threading.Lock()
 _watchdog: Optional[threading.Thread] = None
 _watchdog_stop = threading.Event()
-_preempt_enabled = _config.env_flag("FASTPATH_PREEMPT")
+_preempt_enabled = _config.env_flag("FASTPATH_PREEMPT", True)
+# The compiled core's other variables are checked here too (by the same
+# functions), so that an environment one core accepts the other accepts: the
+# twin has no preemption signal, no TSC clock and no GIL hand-over to tune.
+_config.env_flag("FASTPATH_FAST_GIL", True)
+_config.env_clock()
+_config.env_preempt_signal()
 _fires = 0
 
 
@@ -617,6 +661,11 @@ class ExecutionBudget:
         cur = current_budget()
         if cur is not None and cur._deadline_ns < self._deadline_ns:
             self._deadline_ns = cur._deadline_ns   # never outlives the current budget
+
+    __init__.__qualname__ = "ExecutionBudget"   # wrong arguments name ExecutionBudget()
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        raise _config.not_a_value(self)       # pickle, copy.copy and copy.deepcopy
 
     @property
     def constraints(self) -> ExecutionConstraints:

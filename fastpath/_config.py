@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import operator
+import os
+import re
+import signal
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .errors import ConstraintViolationType, InvalidConfiguration
@@ -98,24 +100,139 @@ def normalize(
     )
 
 
+def constraints_args(
+    max_exec_ms: Any,
+    *,
+    cpu_shares: Any = None,
+    memory_limit_bytes: Any = None,
+    sampling_rate: Any = 1.0,
+    fail_closed_on_timeout: Any = True,
+    max_retries: Any = None,
+    retry_backoff_ms: Any = None,
+) -> Normalized:
+    """The compiled ``ExecutionConstraints.__init__(*args, **kwargs)``: Python binds
+    the arguments, and a wrong call's TypeError names ``ExecutionConstraints()``
+    (the qualified name set below), never ``__init__()``."""
+    return normalize(max_exec_ms, cpu_shares, memory_limit_bytes, sampling_rate,
+                     fail_closed_on_timeout, max_retries, retry_backoff_ms)
+
+
+constraints_args.__qualname__ = constraints_args.__name__ = "ExecutionConstraints"
+
+
+def unset_constraints() -> TypeError:
+    """What a bare ``ExecutionConstraints.__new__(ExecutionConstraints)`` raises when used."""
+    return TypeError("ExecutionConstraints.__new__() made an object without values: "
+                     "build ExecutionConstraints(max_exec_ms, ...) or use a preset")
+
+
+def not_a_value(obj: Any) -> TypeError:
+    """What pickling or copying a running budget raises."""
+    return TypeError(f"cannot pickle or copy an {type(obj).__name__}: a running budget is "
+                     "not a value (pickle or copy its .constraints and create a new budget)")
+
+
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise InvalidConfiguration(f"{name} must be a bool, got {value!r}")
     return value
 
 
-def env_flag(name: str, default: bool = True) -> bool:
-    """An on/off switch from the environment (FASTPATH_PREEMPT, FASTPATH_FAST_GIL):
-    unset or empty gives ``default``; anything but 0/off/no/false or
-    1/on/yes/true is an InvalidConfiguration, at import, rather than ignored."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("0", "off", "no", "false"):
-        return False
-    if value in ("1", "on", "yes", "true"):
+# ------------------------------------------------------------ the environment
+#
+# Every FASTPATH_* variable the library reads at import goes through one of the
+# three functions below, so that both cores accept and reject the same values
+# with the same messages.  The README's "Environment variables" table lists them.
+
+#: The words an on/off variable accepts (case-insensitive, blanks around ignored).
+TRUE_WORDS: Tuple[str, ...] = ("1", "true", "yes", "on")
+FALSE_WORDS: Tuple[str, ...] = ("0", "false", "no", "off", "")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off variable: unset gives ``default``; 1/true/yes/on is True;
+    0/false/no/off or empty is False; anything else is an InvalidConfiguration
+    naming the variable and the value as given."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
         return True
-    if value:
-        raise InvalidConfiguration(f"{name} must be 0 or 1, got {value!r}")
-    return default
+    if word in FALSE_WORDS:
+        return False
+    raise InvalidConfiguration(
+        f"{name} must be one of {'/'.join(TRUE_WORDS)} (on) or "
+        f"{'/'.join(FALSE_WORDS[:-1])} or empty (off), got {raw!r}"
+    )
+
+
+def env_choice(name: str, choices: Tuple[str, ...], default: str) -> str:
+    """A variable with a fixed set of values (case-insensitive, blanks around
+    ignored): unset gives ``default``; anything else, empty included, is an
+    InvalidConfiguration naming the variable and the value as given."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in choices:
+        return word
+    raise InvalidConfiguration(
+        f"{name} must be one of {', '.join(map(repr, choices))}, got {raw!r}"
+    )
+
+
+#: FASTPATH_CLOCK: "tsc" reads the TSC where the kernel's clocksource is the TSC.
+CLOCK_CHOICES: Tuple[str, ...] = ("tsc", "monotonic")
+
+#: The main thread's preemption signal when FASTPATH_PREEMPT_SIGNAL is unset.
+DEFAULT_PREEMPT_SIGNAL = "SIGRTMAX-5"
+
+_RT_NAME = re.compile(r"SIGRT(MIN|MAX)(?:([+-])([0-9]+))?", re.IGNORECASE)
+
+
+def env_clock() -> str:
+    """FASTPATH_CLOCK: 'tsc' (the default) or 'monotonic'."""
+    return env_choice("FASTPATH_CLOCK", CLOCK_CHOICES, "tsc")
+
+
+def env_preempt_signal() -> Optional[int]:
+    """FASTPATH_PREEMPT_SIGNAL as a signal number, or None for ``off``.
+
+    Only real-time signals are accepted (SIGRTMIN..SIGRTMAX, 34..64 on Linux),
+    as a number or as ``SIGRTMIN``, ``SIGRTMIN+n``, ``SIGRTMAX``, ``SIGRTMAX-n``
+    (case-insensitive): any other signal has a meaning of its own to the
+    application (SIGTERM, SIGUSR1, ...) or cannot be caught (SIGKILL, SIGSTOP).
+    Unset means SIGRTMAX-5.  Every other value is an InvalidConfiguration.
+    """
+    raw = os.environ.get("FASTPATH_PREEMPT_SIGNAL")
+    return parse_preempt_signal(DEFAULT_PREEMPT_SIGNAL if raw is None else raw)
+
+
+def parse_preempt_signal(spec: str) -> Optional[int]:
+    """One FASTPATH_PREEMPT_SIGNAL value (see env_preempt_signal)."""
+    word = spec.strip()
+    if word.lower() == "off":
+        return None
+    lo = getattr(signal, "SIGRTMIN", None)
+    hi = getattr(signal, "SIGRTMAX", None)
+    signum: Optional[int] = None
+    if lo is not None and hi is not None:
+        lo, hi = int(lo), int(hi)
+        match = _RT_NAME.fullmatch(word)
+        if match is not None:
+            base, sign, offset = match.groups()
+            signum = lo if base.upper() == "MIN" else hi
+            if offset is not None:
+                signum += int(offset) if sign == "+" else -int(offset)
+        elif word.isascii() and word.isdigit():
+            signum = int(word)
+        if signum is not None and lo <= signum <= hi:
+            return signum
+        allowed = f"a real-time signal ({lo}..{hi}, SIGRTMIN+n or SIGRTMAX-n) or 'off'"
+    else:  # pragma: no cover - a platform without real-time signals
+        allowed = "'off' (this platform has no real-time signals)"
+    raise InvalidConfiguration(f"FASTPATH_PREEMPT_SIGNAL must be {allowed}, got {spec!r}")
 
 
 def check_budget_args(constraints: Any, constraints_type: type, preempt: Any) -> None:

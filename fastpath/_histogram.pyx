@@ -82,6 +82,10 @@ A log-linear histogram of durations in nanoseconds.
         self._min_ns = FP_HIST_MAX_NS + 1
         self._max_ns = -1
 
+    def __init__(self, *args, **kwargs):
+        if args or kwargs:      # (a __cinit__ without arguments would ignore them)
+            _shared.constructor_args(*args, **kwargs)
+
     def __dealloc__(self):
         PyMem_Free(self._counts)
 

@@ -68,6 +68,8 @@ class LatencyHistogram:
         self._lock = threading.Lock()
         self._clear()
 
+    __init__.__qualname__ = "LatencyHistogram"   # wrong arguments name LatencyHistogram()
+
     def _clear(self) -> None:
         self._counts = [0] * NBUCKETS
         self._count = 0

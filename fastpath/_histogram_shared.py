@@ -288,3 +288,11 @@ def check_state(
     if not min_ns * count <= sum_ns <= max_ns * count:
         raise bad(f"sum_ns {sum_ns!r} is not between count * min_ns and count * max_ns")
     return checked, count, sum_ns, min_ns, max_ns, clamped_low, clamped_high
+
+
+def constructor_args() -> None:
+    """The compiled ``LatencyHistogram.__init__(*args, **kwargs)``: it takes no
+    arguments, and a wrong call's TypeError names ``LatencyHistogram()``."""
+
+
+constructor_args.__qualname__ = constructor_args.__name__ = "LatencyHistogram"

@@ -1,6 +1,7 @@
 """Choose the cores: the compiled extensions, or the pure-Python twins on request.
 
-``FASTPATH_NO_EXTENSIONS=1`` selects the twin explicitly.  Otherwise the
+``FASTPATH_NO_EXTENSIONS=1`` (any "on" word of ``_config.env_flag``) selects
+the twin explicitly.  Otherwise the
 compiled core is imported, and if it cannot be (a broken install), the import
 error propagates: fastpath never falls back silently.
 """
@@ -8,10 +9,11 @@ error propagates: fastpath never falls back silently.
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
-NO_EXTENSIONS = os.environ.get("FASTPATH_NO_EXTENSIONS", "").strip() not in ("", "0")
+from ._config import env_flag
+
+NO_EXTENSIONS = env_flag("FASTPATH_NO_EXTENSIONS", False)
 
 IMPLEMENTATION = "python" if NO_EXTENSIONS else "compiled"
 _SUFFIX = "_py" if NO_EXTENSIONS else ""

@@ -180,6 +180,8 @@ class _EnforcerAPI:
         self._quotas = self._check_quotas(quotas)
         self._configure(_default_profiles(self._constraints_class))
 
+    __init__.__qualname__ = "ConstraintEnforcer"   # wrong arguments name ConstraintEnforcer()
+
     @classmethod
     def with_constraints(
         cls: Type[E],

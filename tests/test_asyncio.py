@@ -202,7 +202,8 @@ def test_execute_async_applies_the_failure_policy(fp, run):
     events = []
     c = fp.ExecutionConstraints
     enforcer = fp.ConstraintEnforcer.with_constraints(
-        c.fast_rule().replace(max_exec_ms=300),          # headroom for the quick call
+        # Seconds of headroom for the quick call; the 2 s sleep still overruns it.
+        c.fast_rule().replace(max_exec_ms=1500, cpu_shares=None),
         c.semantic_rule(), c.wasm_hook(10), c.observational(1.0),
         audit_sink=events.append, fallbacks={fp.RuleType.SEMANTIC: "allow"})
 
@@ -221,7 +222,10 @@ def test_execute_async_applies_the_failure_policy(fp, run):
 
 
 def test_execute_async_retries_transient_errors_inside_the_budget(fp, run):
-    enforcer = fp.ConstraintEnforcer(transient_errors=(ConnectionError,))
+    c = fp.ExecutionConstraints
+    enforcer = fp.ConstraintEnforcer.with_constraints(     # the calls must fit: a minute
+        c(60_000), c.semantic_rule().replace(max_exec_ms=60_000), c(60_000), c(60_000),
+        transient_errors=(ConnectionError,))
     attempts = []
 
     async def flaky() -> str:
@@ -238,7 +242,8 @@ def test_execute_async_retries_transient_errors_inside_the_budget(fp, run):
 def test_the_decorator_on_an_async_def_returns_an_async_def(fp, run):
     import inspect
 
-    enforcer = fp.ConstraintEnforcer()
+    c = fp.ExecutionConstraints(60_000)     # the call must fit: not fast_rule()'s 5 ms
+    enforcer = fp.ConstraintEnforcer.with_constraints(c, c, c, c)
 
     @enforcer.constrained(fp.RuleType.FAST, rule_id="double")
     async def guarded(x: int) -> int:

@@ -224,3 +224,24 @@ def test_property_sampling_rate_bounds(fp, rate):
     else:
         with pytest.raises(fp.InvalidConfiguration, match="sampling_rate"):
             fp.ExecutionConstraints(5, sampling_rate=rate)
+
+
+def test_presets_are_built_once_and_keep_their_values(fp):
+    C = fp.ExecutionConstraints
+    assert C.fast_rule() is C.fast_rule() and C.semantic_rule() is C.semantic_rule()
+    assert C.wasm_hook(10) is C.wasm_hook(10) is C.wasm_hook()
+    assert C.observational(0.25) is C.observational(0.25)
+    assert C.fast_rule() == C(5, cpu_shares=10, memory_limit_bytes=1024 * 1024)
+    # More distinct arguments than the cache keeps: every one still gets its own value.
+    for n in range(1, 200):
+        assert C.wasm_hook(n) == C(n, cpu_shares=20, memory_limit_bytes=5 * 1024 * 1024), n
+        assert C.observational(n / 200).sampling_rate == n / 200
+    # The cache never takes a bool for 1 or an int for a float's key.
+    C.wasm_hook(1)
+    with pytest.raises(fp.InvalidConfiguration, match="max_exec_ms must be an int, got True"):
+        C.wasm_hook(True)
+    assert repr(C.observational(1)) == repr(C.observational(1.0))
+    with pytest.raises(fp.InvalidConfiguration, match="sampling_rate"):
+        C.observational(True)
+    if fp.kind == "python":
+        assert len(fp.core._WASM_HOOKS) <= fp.core._PRESET_CACHE_MAX

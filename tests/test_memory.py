@@ -634,7 +634,10 @@ def test_no_periodic_stall_after_a_large_call(fp):
             try:
                 trivial.create_budget().enforce(int)
             except fp.ConstraintViolation as exc:
-                over.append((i, exc.kind.name, exc.stats.cpu_time_us))
+                # A loaded machine can deschedule one call past its 50 ms wall
+                # limit; a stall of the library shows up as CPU (or memory).
+                if exc.violations != (fp.ConstraintViolationType.TIMEOUT_EXCEEDED,):
+                    over.append((i, exc.kind.name, exc.stats.cpu_time_us))
     finally:
         gc.enable()
     assert len(kept) == 300_000
