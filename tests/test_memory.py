@@ -627,22 +627,32 @@ def test_no_periodic_stall_after_a_large_call(fp):
     big = fp.ExecutionConstraints(60_000, memory_limit_bytes=1 << 30).create_budget()
     kept = big.enforce(lambda: [bytes(8) for _ in range(300_000)])
     trivial = fp.ExecutionConstraints(50, cpu_shares=1, memory_limit_bytes=MB)
-    over = []
-    gc.disable()
-    try:
-        for i in range(70_000):
-            try:
-                trivial.create_budget().enforce(int)
-            except fp.ConstraintViolation as exc:
-                # A loaded machine can deschedule one call past its 50 ms wall
-                # limit; a stall of the library shows up as CPU (or memory).
-                if exc.violations != (fp.ConstraintViolationType.TIMEOUT_EXCEEDED,):
-                    over.append((i, exc.kind.name, exc.stats.cpu_time_us))
-    finally:
-        gc.enable()
+
+    def one_pass() -> list:
+        over = []
+        gc.disable()
+        try:
+            for i in range(70_000):
+                try:
+                    trivial.create_budget().enforce(int)
+                except fp.ConstraintViolation as exc:
+                    # A loaded machine can deschedule one call past its 50 ms wall
+                    # limit; a stall of the library shows up as CPU (or memory).
+                    if exc.violations != (fp.ConstraintViolationType.TIMEOUT_EXCEEDED,):
+                        over.append((i, exc.kind.name, exc.stats.cpu_time_us))
+        finally:
+            gc.enable()
+        return over
+
+    # A stall of the library recurs in every pass (before the fix: the same
+    # call index each time); a burst of CPU the kernel charged to this thread
+    # under load (seen once in a full run: six calls in a row at ~1 ms) does
+    # not.  So one clean pass out of two is the pass mark.
+    first = one_pass()
+    second = one_pass() if first else []
     assert len(kept) == 300_000
     del kept
-    assert over == []
+    assert first == [] or second == [], (first, second)
 
 
 THREAD_TABLES = """
