@@ -254,6 +254,8 @@ static void *fpw_ticker_main(void *arg)
             pthread_mutex_unlock(&fpw_mu);
             nanosleep(&period, NULL);
             pthread_mutex_lock(&fpw_mu);
+            if (atomic_load_explicit(&fpw_inflight, memory_order_acquire) == 0)
+                break;
             now = fpw_now_ns();
             while (next_ns <= now) {
                 for (i = 0; i < FPW_MAX_ENGINES; i++)

@@ -240,6 +240,7 @@ cdef inline object _from_val(const fpw_val *v):
 cdef class _HostFunc:
     # One host import: the callable and the value kinds of its declaration.
     cdef object fn
+    cdef object defer               # the hook's uninterruptible(): lifted while fn runs
     cdef str label
     cdef uint8_t params[MAX_VALUES]
     cdef uint8_t results[MAX_VALUES]
@@ -258,7 +259,13 @@ cdef fpw_trap *_host_call(void *env, fpw_caller *caller, const fpw_val *args, si
     cdef object exc
     cdef bytes note
     try:
-        out = host.fn(*[_from_val(&args[i]) for i in range(<Py_ssize_t>nargs)])
+        # The guest ran with interrupts put off (the epoch stops it); Python
+        # code of a host import is preemptible like any other.
+        host.defer.__exit__(None, None, None)
+        try:
+            out = host.fn(*[_from_val(&args[i]) for i in range(<Py_ssize_t>nargs)])
+        finally:
+            host.defer.__enter__()
         if host.nresults == 0:
             if out is not None:
                 raise TypeError(f"host import {host.label} declares no results, "
@@ -312,13 +319,14 @@ cdef class HookCore:
     cdef int64_t _mem_limit         # _constraints.memory_limit_bytes, or -1
     cdef object _current_budget     # current_budget() of _constraints' core
     cdef object _fuel_for           # fuel for another budget's constraints
+    cdef object _defer              # uninterruptible() of _constraints' core
     cdef object _keep               # Python objects the C side points into
     cdef readonly Py_ssize_t instances_created
     cdef bint _registered
 
     def _setup(self, size_t engine, size_t module, str export, tuple params, tuple results,
                list hosts, Py_ssize_t pool_max, constraints, int64_t fuel, int64_t mem_limit,
-               current_budget, fuel_for, keep):
+               current_budget, fuel_for, defer, keep):
         # hosts: (module, name, functype address, callable, params, results)
         cdef fpw_linker *linker
         cdef fpw_error *err
@@ -346,12 +354,14 @@ cdef class HookCore:
         self._mem_limit = mem_limit
         self._current_budget = current_budget
         self._fuel_for = fuel_for
+        self._defer = defer
         host_objs = []
         linker = fpw_api.linker_new(self._engine)
         try:
             for mod, name, functype, fn, hparams, hresults in hosts:
                 host = _HostFunc.__new__(_HostFunc)
                 host.fn = fn
+                host.defer = defer
                 host.label = f"{mod}.{name}"
                 if len(hparams) > MAX_VALUES or len(hresults) > MAX_VALUES:
                     raise InvalidConfiguration(f"host import {host.label} has too many "
@@ -469,7 +479,10 @@ cdef class HookCore:
 
     def _call_under(self, budget, tuple args):
         """Call the export with args under budget, whose enforce() (or scope)
-        is running on this thread."""
+        is running on this thread, inside the hook's uninterruptible()."""
+        return self._run(budget, args)
+
+    cdef object _run(self, object budget, tuple args):
         cdef fpw_val vals[MAX_VALUES]
         cdef fpw_val outs[MAX_VALUES]
         cdef fpw_inst *inst
@@ -577,8 +590,18 @@ cdef class HookCore:
                 FUEL_UNLIMITED - left)
 
     def __call__(self, *args):
+        # The guest's deadline is the epoch's to enforce: fastpath's own
+        # interrupt is put off from before the guest runs until the budget has
+        # disarmed (an interrupt pending while the guest cannot see it would
+        # otherwise land in whatever Python code runs next -- a finalizer of
+        # the garbage collector, say -- and be lost there).  Host imports lift
+        # it while they run.
         budget = self._current_budget()
-        if budget is None:
-            budget = self._constraints.create_budget()
-            return budget.enforce(self._call_under, budget, args)
-        return self._call_under(budget, args)
+        self._defer.__enter__()
+        try:
+            if budget is None:
+                budget = self._constraints.create_budget()
+                return budget.enforce(self._call_under, budget, args)
+            return self._run(budget, args)
+        finally:
+            self._defer.__exit__(None, None, None)

@@ -118,24 +118,129 @@ def _kinds(types: List[Any], what: str) -> Tuple[int, ...]:
     return tuple(out)
 
 
-def _compile(module: Any, engine: wasmtime.Engine) -> wasmtime.Module:
+def _compile(module: Any, engine: wasmtime.Engine) -> Tuple[wasmtime.Module, Optional[bytes]]:
+    # (the compiled module, its wasm binary when we have it)
     if isinstance(module, wasmtime.Module):
-        return module
+        return module, None
     try:
         if isinstance(module, (bytes, bytearray, memoryview)):
-            return wasmtime.Module(engine, bytes(module))
-        if isinstance(module, str) and module.lstrip().startswith(("(", ";;")):
-            return wasmtime.Module(engine, module)
-        if isinstance(module, (str, os.PathLike)):
+            binary = bytes(module)
+        elif isinstance(module, str) and module.lstrip().startswith(("(", ";;")):
+            binary = wasmtime.wat2wasm(module)
+        elif isinstance(module, (str, os.PathLike)):
             path = os.fspath(module)
             if not os.path.isfile(path):
                 raise InvalidConfiguration(f"module must be WAT text, wasm bytes, a path to "
                                            f"a file or a wasmtime.Module; no file {path!r}")
-            return wasmtime.Module.from_file(engine, path)
+            with open(path, "rb") as f:
+                binary = f.read()
+        else:
+            raise InvalidConfiguration(f"module must be WAT text, wasm bytes, a path or a "
+                                       f"wasmtime.Module, got {type(module).__name__}")
+        if not binary.startswith(b"\0asm"):
+            binary = wasmtime.wat2wasm(binary.decode("utf-8", "replace"))
+        return wasmtime.Module(engine, binary), binary
     except wasmtime.WasmtimeError as exc:
         raise InvalidConfiguration(f"module does not compile: {exc}") from None
-    raise InvalidConfiguration(f"module must be WAT text, wasm bytes, a path or a "
-                               f"wasmtime.Module, got {type(module).__name__}")
+
+
+def _leb(data: bytes, pos: int) -> Tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return result, pos
+
+
+_NUMERIC = {0x7F, 0x7E, 0x7D, 0x7C}
+
+
+def _interface_types_are_numeric(binary: bytes, export: str) -> bool:
+    """Do the export's and the function imports' signatures use only i32, i64,
+    f32 and f64?  Read from the binary, because wasmtime 50's C API aborts the
+    process when asked the kind of a v128 (wasm_valtype_kind)."""
+    sections: Dict[int, bytes] = {}
+    pos = 8
+    while pos < len(binary):
+        sid = binary[pos]
+        size, pos = _leb(binary, pos + 1)
+        if sid in (1, 2, 3, 7):
+            sections[sid] = binary[pos:pos + size]
+        pos += size
+    types: List[bool] = []          # per type index: only numeric value types?
+    data = sections.get(1, b"")
+    if data:
+        count, p = _leb(data, 0)
+        for _ in range(count):
+            if data[p] != 0x60:
+                return False        # GC type forms: not a hook's interface
+            p += 1
+            numeric = True
+            for _vec in range(2):
+                n, p = _leb(data, p)
+                for _v in range(n):
+                    numeric &= data[p] in _NUMERIC
+                    if data[p] in (0x63, 0x64):
+                        _, p = _leb(data, p + 1)
+                    else:
+                        p += 1
+            types.append(numeric)
+    funcs: List[int] = []           # function index -> type index
+    data = sections.get(2, b"")
+    if data:
+        count, p = _leb(data, 0)
+        for _ in range(count):
+            for _name in range(2):
+                n, p = _leb(data, p)
+                p += n
+            kind = data[p]
+            p += 1
+            if kind == 0:
+                t, p = _leb(data, p)
+                funcs.append(t)
+                if not types[t]:
+                    return False    # a function import with a non-numeric signature
+            elif kind == 1:
+                p += 1
+                flags, p = _leb(data, p)
+                _, p = _leb(data, p)
+                if flags & 1:
+                    _, p = _leb(data, p)
+            elif kind == 2:
+                flags, p = _leb(data, p)
+                _, p = _leb(data, p)
+                if flags & 1:
+                    _, p = _leb(data, p)
+            elif kind == 3:
+                p += 1
+                if data[p] in (0x63, 0x64):
+                    _, p = _leb(data, p + 1)
+                else:
+                    p += 1
+                p += 1
+            else:
+                return False
+    data = sections.get(3, b"")
+    if data:
+        count, p = _leb(data, 0)
+        for _ in range(count):
+            t, p = _leb(data, p)
+            funcs.append(t)
+    data = sections.get(7, b"")
+    if data:
+        count, p = _leb(data, 0)
+        for _ in range(count):
+            n, p = _leb(data, p)
+            name = data[p:p + n].decode("utf-8", "replace")
+            p += n
+            kind = data[p]
+            index, p = _leb(data, p + 1)
+            if kind == 0 and name == export:
+                return types[funcs[index]]
+    return True
 
 
 _FUEL_LOCK = threading.Lock()
@@ -246,7 +351,12 @@ class WasmHook(_wasm.HookCore):
             constraints = _impl.core.ExecutionConstraints.wasm_hook(10)
         core = _core_of(constraints)
         engine = _engine(engine)
-        compiled = _compile(module, engine)
+        compiled, binary = _compile(module, engine)
+        if binary is not None and not _interface_types_are_numeric(binary, export):
+            raise InvalidConfiguration(
+                f"export {export!r} or an imported function uses a value type other than "
+                f"i32, i64, f32 and f64 (e.g. v128 or a reference); WasmHook supports those "
+                f"four only")
         export_type = None
         for exp in compiled.exports:
             if exp.name == export:
@@ -261,7 +371,7 @@ class WasmHook(_wasm.HookCore):
         fuel, mem_limit = _limits_for(constraints)
         self._setup(_address(engine.ptr()), _address(compiled.ptr()), export, params, results,
                     hosts, pool, constraints, fuel, mem_limit, core.current_budget, _limits_for,
-                    (engine, compiled, [h[2] for h in hosts]))
+                    core.uninterruptible(), (engine, compiled, [h[2] for h in hosts]))
         self.module = compiled
         self.export = export
         self.constraints = constraints
@@ -318,13 +428,16 @@ class WasmHook(_wasm.HookCore):
 
 
 async def _step(hook: WasmHook, budget: Any, args: Tuple[Any, ...]) -> Any:
-    return hook._call_under(budget, args)
+    with _core_of(hook.constraints).uninterruptible():     # as in WasmHook.__call__
+        return hook._call_under(budget, args)
 
 
 async def _run_async(hook: WasmHook, args: Tuple[Any, ...]) -> Any:
-    budget = _core_of(hook.constraints).current_budget()
+    core = _core_of(hook.constraints)
+    budget = core.current_budget()
     if budget is not None:
-        return hook._call_under(budget, args)
+        with core.uninterruptible():
+            return hook._call_under(budget, args)
     budget = hook.constraints.create_budget()
     return await budget.enforce_async(_step, hook, budget, args)
 
