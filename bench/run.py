@@ -94,7 +94,15 @@ def run_extras(quick: bool) -> dict[str, Any]:
     hook = memhook.run(rounds=7 if quick else 25)
     print("$ fastpath._budget._measure_arm_disarm(1_000_000) (goal 12)", flush=True)
     arm = measure_arm_disarm()
-    return {"lateness": late, "memhook": hook, "arm_disarm": arm}
+    extras = {"lateness": late, "memhook": hook, "arm_disarm": arm}
+    try:
+        import wasm_lateness
+    except ImportError as exc:      # the wasm extra is not installed
+        print(f"(no bench/wasm_lateness.py figures: {exc})", flush=True)
+    else:
+        print("$ bench/wasm_lateness.py (goal 18)", flush=True)
+        extras["wasm"] = wasm_lateness.run(n=50 if quick else 100)
+    return extras
 
 
 # ------------------------------------------------------------------ the numbers
@@ -310,6 +318,32 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
     add("17", "same, after `fastpath.otel.instrument(enforcer, spans=\"violations\")`",
         unchanged("execute_otel_violations"), "≤ 1.05× uninstrumented")
 
+    add("18a", "WASM `hook(1, 2)` (wasm_hook profile) vs wasmtime-py `Func.__call__`",
+        cheaper(("wasm_call", "wasmtime-py"), ("wasm_call", "fastpath"), 20, False,
+                "wasmtime-py"), "≥ 20× cheaper")
+    def hook_call():
+        ns = r.ns("wasm_call", "fastpath")
+        return f"{fmt_ns(ns)} per call ({fmt_x(ns / f)} f())", ns <= 2_000, ns
+    add("18b", "same, per call", hook_call, "≤ 2 µs")
+
+    def instantiate():
+        ns = r.ns("wasm_instantiate", "fastpath")
+        return f"{fmt_ns(ns)} per store + instance", ns <= 20_000, ns
+    add("18c", "WASM instantiation from the pool's pre-linked module", instantiate, "≤ 20 µs")
+
+    def wasm_late(name: str):
+        def compute():
+            w = extras["wasm"]
+            d = w[name]
+            return ((f"p99 {d['p99_ns'] / 1e3:,.0f} µs (median {d['median_ns'] / 1e3:,.0f} µs, "
+                     f"max {d['max_ns'] / 1e3:,.0f} µs, n={d['n']})"),
+                    d["p99_ns"] <= w["goal_p99_ns"], d["p99_ns"])
+        return compute
+    add("18d", "WASM deadline → trap lateness, main thread (5 ms, spin loop)", wasm_late("main"),
+        "p99 ≤ 2 ms")
+    add("18e", "WASM deadline → trap lateness, worker thread", wasm_late("worker"),
+        "p99 ≤ 2 ms")
+
     # -- reference rows (no goal) ---------------------------------------------
     refs: list[Goal] = []
 
@@ -361,6 +395,29 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
         lambda: ", ".join(f"{name}: {n}" for name, n in denied) or "none",
         "fail-closed 5 ms / 0.5 ms CPU limits hit when the process is descheduled; caught "
         "and counted")
+    def slowdown(impl: str) -> Callable[[], str]:
+        def compute() -> str:
+            plain = r.ns("wasm_loop", "plain")
+            ours = r.ns("wasm_loop", impl)
+            n = r.info("wasm_loop", impl)["iterations_per_call"]
+            return (f"{fmt_x(ours / plain)} ({ours / n:.2f} vs {plain / n:.2f} ns per "
+                    f"iteration)")
+        return compute
+    ref("WASM guest slowdown from epoch interruption (tight loop)", slowdown("epoch"),
+        "wasmtime's own figure: ~10 %; a tight loop pays the most")
+    ref("WASM guest slowdown from epoch + fuel (fastpath's engines)", slowdown("epoch+fuel"),
+        "fuel adds a counter update per basic block")
+
+    def calibration() -> str:
+        c = extras["wasm"]["calibration"]
+        parts = [f"{name}: {v['cpu_over_allowance_median']:.2f}× (fuel alone "
+                 f"{v['fuel_alone']:.2f}×)" for name, v in c.items() if isinstance(v, dict)]
+        return (f"CPU used when a {c['allowance_ms']:g} ms allowance stopped the guest, over "
+                f"the allowance: " + ", ".join(parts)
+                + f" ({c['fuel_per_cpu_ms'] / 1e6:.2f} M fuel per CPU ms)")
+    ref("WASM fuel calibration error", calibration,
+        "fuel counts instructions, not time (calibrated on loads, stores and arithmetic); "
+        "the epoch callback's thread CPU reading bounds the rest")
     for k in range(4):
         ref(f"`budget.check()` with {k} violation kind{'s' if k != 1 else ''} recorded",
             lambda k=k: (f"compiled {fmt_ns(r.cost(f'check_violations_{k}', 'compiled'))}, "

@@ -109,6 +109,9 @@ cdef extern from "_fp_wasm.h" nogil:
         fpw_func func
         int64_t deadline_ns
         int deadline_hit
+        int64_t cpu_allow_ns
+        int64_t cpu_base_ns
+        int cpu_hit
         int64_t mem_limit
         int64_t mem_refused
         int64_t mem_bytes
@@ -316,6 +319,7 @@ cdef class HookCore:
     cdef Py_ssize_t _nidle, _pool_max
     cdef object _constraints
     cdef int64_t _fuel              # fuel for _constraints' CPU allowance, or -1
+    cdef int64_t _cpu_ns            # that CPU allowance in ns, or -1
     cdef int64_t _mem_limit         # _constraints.memory_limit_bytes, or -1
     cdef object _current_budget     # current_budget() of _constraints' core
     cdef object _fuel_for           # fuel for another budget's constraints
@@ -325,7 +329,7 @@ cdef class HookCore:
     cdef bint _registered
 
     def _setup(self, size_t engine, size_t module, str export, tuple params, tuple results,
-               list hosts, Py_ssize_t pool_max, constraints, int64_t fuel, int64_t mem_limit,
+               list hosts, Py_ssize_t pool_max, constraints, tuple limits,
                current_budget, fuel_for, defer, keep):
         # hosts: (module, name, functype address, callable, params, results)
         cdef fpw_linker *linker
@@ -350,8 +354,7 @@ cdef class HookCore:
         if self._idle == NULL:
             raise MemoryError()
         self._constraints = constraints
-        self._fuel = fuel
-        self._mem_limit = mem_limit
+        self._fuel, self._cpu_ns, self._mem_limit = limits
         self._current_budget = current_budget
         self._fuel_for = fuel_for
         self._defer = defer
@@ -428,7 +431,7 @@ cdef class HookCore:
             _destroy(inst)
             raise InvalidConfiguration(f"the engine does not consume fuel: "
                                        f"{_take_message(err, NULL)}")
-        self._arm(inst, deadline_ns)
+        self._arm(inst, deadline_ns, -1)
         fpw_set_creating(inst)
         with nogil:
             fpw_call_begin()
@@ -451,18 +454,27 @@ cdef class HookCore:
         self.instances_created += 1
         return inst
 
-    cdef inline void _arm(self, fpw_inst *inst, int64_t deadline_ns) noexcept:
+    cdef inline void _arm(self, fpw_inst *inst, int64_t deadline_ns,
+                          int64_t cpu_ns) noexcept:
+        # The call's deadline (and CPU allowance: the epoch callback then comes
+        # from the first tick on) into the instance.
         cdef int64_t left = deadline_ns - fpw_now_ns()
+        cdef int64_t ticks = left // FPW_TICK_NS + 1 if left > 0 else 0
         inst.deadline_ns = deadline_ns
         inst.deadline_hit = 0
+        inst.cpu_allow_ns = cpu_ns
+        inst.cpu_base_ns = -1
+        inst.cpu_hit = 0
         inst.mem_refused = 0
-        fpw_api.context_set_epoch_deadline(inst.ctx, <uint64_t>(left // FPW_TICK_NS + 1)
-                                           if left > 0 else 0)
+        if cpu_ns >= 0 and ticks > 1:
+            ticks = 1
+        fpw_api.context_set_epoch_deadline(inst.ctx, <uint64_t>ticks)
 
     cdef int _fail(self, fpw_inst *inst, str text) except -1:
         # The guest (or its start function) stopped: say why, drop the instance.
         cdef PyObject *pending = <PyObject *>inst.host_exc
         cdef bint hit = inst.deadline_hit
+        cdef bint cpu_hit = inst.cpu_hit
         cdef int64_t refused = inst.mem_refused
         cdef object exc
         inst.host_exc = NULL
@@ -473,6 +485,8 @@ cdef class HookCore:
             raise exc
         if hit:
             return 1
+        if cpu_hit:
+            return 2
         if refused:
             return 3
         raise WasmTrap(text)
@@ -489,7 +503,7 @@ cdef class HookCore:
         cdef fpw_error *err
         cdef fpw_trap *trap = NULL
         cdef Py_ssize_t i, nargs = len(args)
-        cdef int64_t fuel, deadline_ns, mem_limit, charge
+        cdef int64_t fuel, cpu_ns, deadline_ns, mem_limit, charge
         cdef uint64_t fuel_left = 1
         cdef uint8_t code = 255
         cdef int why = 0
@@ -501,16 +515,16 @@ cdef class HookCore:
             _to_val(&vals[i], self._params[i], args[i], f"argument {i}")
         deadline_ns = fpw_now_ns() + <int64_t>(budget.remaining_ms() * 1e6)
         if budget.constraints is self._constraints:
-            fuel, mem_limit = self._fuel, self._mem_limit
+            fuel, cpu_ns, mem_limit = self._fuel, self._cpu_ns, self._mem_limit
         else:
-            fuel, mem_limit = self._fuel_for(budget.constraints)
+            fuel, cpu_ns, mem_limit = self._fuel_for(budget.constraints)
         if self._nidle:
             self._nidle -= 1
             inst = self._idle[self._nidle]
             inst.mem_limit = mem_limit
         else:
             inst = self._instantiate(deadline_ns, mem_limit, budget)
-        self._arm(inst, deadline_ns)
+        self._arm(inst, deadline_ns, cpu_ns)
         fpw_api.context_set_fuel(inst.ctx, <uint64_t>fuel if fuel >= 0 else FUEL_UNLIMITED)
         with nogil:
             fpw_call_begin()
@@ -540,7 +554,7 @@ cdef class HookCore:
         text = _take_message(err, trap)
         if charge:
             budget.charge_memory(charge)
-        if inst.host_exc == NULL and not inst.deadline_hit and (
+        if inst.host_exc == NULL and not inst.deadline_hit and not inst.cpu_hit and (
                 code == FPW_TRAP_OUT_OF_FUEL or (fuel >= 0 and fuel_left == 0)):
             _destroy(inst)
             why = 2
@@ -555,6 +569,11 @@ cdef class HookCore:
             inst = self._instantiate(fpw_now_ns() + max_ns, self._mem_limit, None)
             self._idle[self._nidle] = inst
             self._nidle += 1
+
+    def _fresh_instance(self):
+        """Instantiate one instance and drop it, outside any budget (what a call
+        finding the pool empty pays; for the benchmarks)."""
+        _destroy(self._instantiate(fpw_now_ns() + 60 * 1000000000, self._mem_limit, None))
 
     def _measure(self, tuple args):
         """Run the export once outside any budget with unlimited fuel: (result,
@@ -572,7 +591,7 @@ cdef class HookCore:
         for i in range(self._nparams):
             _to_val(&vals[i], self._params[i], args[i], f"argument {i}")
         inst = self._instantiate(fpw_now_ns() + 60 * 1000000000, -1, None)
-        self._arm(inst, fpw_now_ns() + 60 * 1000000000)
+        self._arm(inst, fpw_now_ns() + 60 * 1000000000, -1)
         fpw_api.context_set_fuel(inst.ctx, FUEL_UNLIMITED)
         with nogil:
             fpw_call_begin()

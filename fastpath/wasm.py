@@ -292,12 +292,14 @@ def fuel_per_cpu_ms() -> float:
         return _fuel_per_ms
 
 
-def _limits_for(constraints: Any) -> Tuple[int, int]:
-    # (fuel for the CPU allowance or -1, memory_limit_bytes or -1)
+def _limits_for(constraints: Any) -> Tuple[int, int, int]:
+    # (fuel for the CPU allowance or -1, the allowance in ns or -1,
+    #  memory_limit_bytes or -1)
     allowance = constraints.cpu_allowance_ms
     fuel = -1 if allowance is None else int(allowance * fuel_per_cpu_ms())
+    cpu_ns = -1 if allowance is None else int(allowance * 1e6)
     limit = constraints.memory_limit_bytes
-    return fuel, (-1 if limit is None else limit)
+    return fuel, cpu_ns, (-1 if limit is None else limit)
 
 
 def _core_of(constraints: Any) -> Any:
@@ -368,9 +370,9 @@ class WasmHook(_wasm.HookCore):
         params = _kinds(export_type.params, f"export {export!r}")
         results = _kinds(export_type.results, f"export {export!r}")
         hosts = self._host_table(compiled, imports)
-        fuel, mem_limit = _limits_for(constraints)
         self._setup(_address(engine.ptr()), _address(compiled.ptr()), export, params, results,
-                    hosts, pool, constraints, fuel, mem_limit, core.current_budget, _limits_for,
+                    hosts, pool, constraints, _limits_for(constraints), core.current_budget,
+                    _limits_for,
                     core.uninterruptible(), (engine, compiled, [h[2] for h in hosts]))
         self.module = compiled
         self.export = export

@@ -185,12 +185,12 @@ def test_fuel_stops_a_loop_after_cpu_of_the_order_of_the_allowance():
     # loop work ends well within 0.05x..20x of 20 ms of thread CPU.
     c = fastpath.ExecutionConstraints(20_000, cpu_shares=1)   # 200 ms allowance
     hook = WasmHook(COUNT, "count", constraints=c)
-    fuel, _ = fwasm._limits_for(c)
+    fuel, cpu_ns, _ = fwasm._limits_for(c)
     cpu0 = time.thread_time()
     with pytest.raises(fastpath.ConstraintViolation):
         hook(2**62)
     used_ms = (time.thread_time() - cpu0) * 1e3
-    assert fuel == int(200 * fwasm.fuel_per_cpu_ms())
+    assert fuel == int(200 * fwasm.fuel_per_cpu_ms()) and cpu_ns == 200_000_000
     assert 10 < used_ms < 4000
 
 
