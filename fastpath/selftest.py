@@ -232,6 +232,31 @@ def check_asyncio() -> str:
     return asyncio.run(main())
 
 
+def check_wasm() -> str:
+    try:
+        import wasmtime  # noqa: F401
+    except ImportError:
+        return "skipped: the fastpath[wasm] extra (wasmtime) is not installed"
+    from fastpath.wasm import WasmHook
+
+    add = WasmHook('(module (func (export "add") (param i32 i32) (result i32) '
+                   '(i32.add (local.get 0) (local.get 1))))', "add")
+    if add(40, 2) != 42:
+        raise AssertionError("the add hook did not return 42")
+    spin = WasmHook('(module (func (export "spin") (loop $l (br $l))))', "spin",
+                    constraints=ExecutionConstraints(20))
+    t0 = time.monotonic()
+    try:
+        spin()
+    except ConstraintViolation as exc:
+        if exc.kind is not V.TIMEOUT_EXCEEDED or not exc.interrupted:
+            raise AssertionError(f"unexpected violation {exc!r}") from exc
+    else:
+        raise AssertionError("a spinning guest past its deadline was not stopped")
+    return (f"add(40, 2) = 42; spinning guest trapped at its epoch deadline "
+            f"(+{(time.monotonic() - t0) * 1e3 - 20:.1f} ms)")
+
+
 CHECKS: List[Tuple[str, Callable[[], str]]] = [
     ("presets", check_presets),
     ("validation", check_validation),
@@ -243,6 +268,7 @@ CHECKS: List[Tuple[str, Callable[[], str]]] = [
     ("preemption", check_preemption),
     ("memory + CPU limits", check_memory_and_cpu),
     ("asyncio", check_asyncio),
+    ("wasm hooks", check_wasm),
 ]
 
 

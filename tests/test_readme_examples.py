@@ -25,3 +25,15 @@ def test_the_asyncio_example_runs_and_prints_its_comment():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["200"]
+
+
+def test_the_wasm_example_runs_and_prints_its_comments():
+    import pytest
+
+    pytest.importorskip("wasmtime")
+    code = _section_code("WASM hooks")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["42", "TIMEOUT_EXCEEDED True", "guest says 21", "42",
+                                       "trap: True"]

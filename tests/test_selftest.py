@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = {"presets", "validation", "budget", "sampling", "enforcer", "retry", "histogram",
-         "preemption", "memory + CPU limits", "asyncio"}
+         "preemption", "memory + CPU limits", "asyncio", "wasm hooks"}
 
 
 def _selftest(*args: str, twin: bool = False) -> subprocess.CompletedProcess[str]:
