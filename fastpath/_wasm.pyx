@@ -320,6 +320,7 @@ cdef class HookCore:
     cdef object _constraints
     cdef int64_t _fuel              # fuel for _constraints' CPU allowance, or -1
     cdef int64_t _cpu_ns            # that CPU allowance in ns, or -1
+    cdef int64_t _grace_ns          # fail open: a late guest runs up to 2x max_exec_ms
     cdef int64_t _mem_limit         # _constraints.memory_limit_bytes, or -1
     cdef object _current_budget     # current_budget() of _constraints' core
     cdef object _fuel_for           # fuel for another budget's constraints
@@ -354,7 +355,7 @@ cdef class HookCore:
         if self._idle == NULL:
             raise MemoryError()
         self._constraints = constraints
-        self._fuel, self._cpu_ns, self._mem_limit = limits
+        self._fuel, self._cpu_ns, self._mem_limit, self._grace_ns = limits
         self._current_budget = current_budget
         self._fuel_for = fuel_for
         self._defer = defer
@@ -503,7 +504,7 @@ cdef class HookCore:
         cdef fpw_error *err
         cdef fpw_trap *trap = NULL
         cdef Py_ssize_t i, nargs = len(args)
-        cdef int64_t fuel, cpu_ns, deadline_ns, mem_limit, charge
+        cdef int64_t fuel, cpu_ns, deadline_ns, mem_limit, grace_ns, charge
         cdef uint64_t fuel_left = 1
         cdef uint8_t code = 255
         cdef int why = 0
@@ -515,9 +516,11 @@ cdef class HookCore:
             _to_val(&vals[i], self._params[i], args[i], f"argument {i}")
         deadline_ns = fpw_now_ns() + <int64_t>(budget.remaining_ms() * 1e6)
         if budget.constraints is self._constraints:
-            fuel, cpu_ns, mem_limit = self._fuel, self._cpu_ns, self._mem_limit
+            fuel, cpu_ns, mem_limit, grace_ns = (self._fuel, self._cpu_ns, self._mem_limit,
+                                                 self._grace_ns)
         else:
-            fuel, cpu_ns, mem_limit = self._fuel_for(budget.constraints)
+            fuel, cpu_ns, mem_limit, grace_ns = self._fuel_for(budget.constraints)
+        deadline_ns += grace_ns
         if self._nidle:
             self._nidle -= 1
             inst = self._idle[self._nidle]

@@ -292,14 +292,17 @@ def fuel_per_cpu_ms() -> float:
         return _fuel_per_ms
 
 
-def _limits_for(constraints: Any) -> Tuple[int, int, int]:
+def _limits_for(constraints: Any) -> Tuple[int, int, int, int]:
     # (fuel for the CPU allowance or -1, the allowance in ns or -1,
-    #  memory_limit_bytes or -1)
+    #  memory_limit_bytes or -1, ns a guest may run past the deadline): fail
+    #  open lets a late call finish and stops only a runaway at twice its
+    #  budget, as for Python code.
     allowance = constraints.cpu_allowance_ms
     fuel = -1 if allowance is None else int(allowance * fuel_per_cpu_ms())
     cpu_ns = -1 if allowance is None else int(allowance * 1e6)
     limit = constraints.memory_limit_bytes
-    return fuel, cpu_ns, (-1 if limit is None else limit)
+    grace_ns = 0 if constraints.fail_closed_on_timeout else constraints.max_exec_ms * 1_000_000
+    return fuel, cpu_ns, (-1 if limit is None else limit), grace_ns
 
 
 def _core_of(constraints: Any) -> Any:

@@ -94,6 +94,24 @@ def in_thread(fn):
     return box
 
 
+def stopped(fp, where, hook, *args):
+    """Call hook(*args) in the main or a worker thread; (its ConstraintViolation,
+    seconds taken).  Fails the test if the call returned or raised anything else."""
+    def call():
+        start = time.monotonic()
+        try:
+            hook(*args)
+        except fp.ConstraintViolation as exc:
+            return exc, time.monotonic() - start
+        return None, time.monotonic() - start
+
+    box = {"result": call()} if where == "main" else in_thread(call)
+    assert "error" not in box, box.get("error")
+    exc, took = box["result"]
+    assert exc is not None, "the call returned"
+    return exc, took
+
+
 def test_add_returns_the_sum(fp):
     hook = WasmHook(ADD, "add", constraints=fp.ExecutionConstraints(60_000))
     assert hook(1, 2) == 3
@@ -128,23 +146,24 @@ def test_module_as_bytes_path_and_wasmtime_module(fp, tmp_path):
 @pytest.mark.parametrize("where", ["main", "worker"])
 def test_a_spin_loop_is_stopped_by_the_epoch_deadline_in_any_thread(fp, where):
     hook = WasmHook(SPIN, "spin", constraints=fp.ExecutionConstraints(50))
-
-    def call():
-        start = time.monotonic()
-        try:
-            hook()
-        except fp.ConstraintViolation as exc:
-            return exc, time.monotonic() - start
-        return None, time.monotonic() - start
-
-    box = {"result": call()} if where == "main" else in_thread(call)
-    assert "error" not in box, box.get("error")
-    exc, took = box["result"]
-    assert exc is not None, "the spin loop returned"
+    exc, took = stopped(fp, where, hook)
     assert exc.kind is fp.ConstraintViolationType.TIMEOUT_EXCEEDED
     assert exc.interrupted is True
     assert took < 1.0
     assert exc.stats.elapsed_ns >= 50_000_000
+
+
+def test_fail_open_lets_a_late_guest_finish_and_stops_a_runaway_at_twice_the_budget(fp):
+    c = fp.ExecutionConstraints(50, fail_closed_on_timeout=False)
+    spin = WasmHook(SPIN, "spin", constraints=c)
+    with pytest.raises(fp.ConstraintViolation) as info:
+        spin()
+    assert info.value.kind is fp.ConstraintViolationType.TIMEOUT_EXCEEDED
+    assert info.value.stats.elapsed_ns >= 100_000_000         # ran on to 2x the budget
+    e = fp.ConstraintEnforcer.with_constraints(
+        fp.ExecutionConstraints.fast_rule(), fp.ExecutionConstraints.semantic_rule(), c,
+        fp.ExecutionConstraints.observational(), fallbacks={fp.RuleType.WASM_HOOK: "fb"})
+    assert e.execute_with_constraints(fp.RuleType.WASM_HOOK, spin) == "fb"
 
 
 def test_an_interrupted_instance_is_replaced_and_the_next_call_works(fp):
@@ -185,7 +204,7 @@ def test_fuel_stops_a_loop_after_cpu_of_the_order_of_the_allowance():
     # loop work ends well within 0.05x..20x of 20 ms of thread CPU.
     c = fastpath.ExecutionConstraints(20_000, cpu_shares=1)   # 200 ms allowance
     hook = WasmHook(COUNT, "count", constraints=c)
-    fuel, cpu_ns, _ = fwasm._limits_for(c)
+    fuel, cpu_ns, _, _ = fwasm._limits_for(c)
     cpu0 = time.thread_time()
     with pytest.raises(fastpath.ConstraintViolation):
         hook(2**62)
@@ -296,19 +315,7 @@ def test_a_python_spin_inside_a_host_import_is_preempted(fp, where):
 
     hook = WasmHook(HOST, "run", constraints=fp.ExecutionConstraints(50),
                     imports={"env": {"scale": scale}})
-
-    def call():
-        start = time.monotonic()
-        try:
-            hook(1)
-        except fp.ConstraintViolation as exc:
-            return exc, time.monotonic() - start
-        return None, time.monotonic() - start
-
-    box = {"result": call()} if where == "main" else in_thread(call)
-    assert "error" not in box, box.get("error")
-    exc, took = box["result"]
-    assert exc is not None
+    exc, took = stopped(fp, where, hook, 1)
     assert exc.kind is fp.ConstraintViolationType.TIMEOUT_EXCEEDED
     assert took < 1.0
     assert hook.idle_instances == 0
