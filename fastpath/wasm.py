@@ -26,7 +26,9 @@ from __future__ import annotations
 import ctypes
 import os
 import statistics
+import sys
 import threading
+import weakref
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import wasmtime
@@ -68,7 +70,8 @@ def _wasmtime_version() -> str:
 _check_layouts()
 _wasm.load(str(_wasmtime_ffi.filename), WasmTrap)
 
-_ENGINES: "Dict[int, wasmtime.Engine]" = {}     # id -> engine made by new_engine()
+# id -> engine made by new_engine(), for as long as the engine lives
+_ENGINES: "weakref.WeakValueDictionary[int, wasmtime.Engine]" = weakref.WeakValueDictionary()
 _lock = threading.Lock()
 _default_engine: Optional[wasmtime.Engine] = None
 
@@ -81,22 +84,27 @@ def new_engine() -> wasmtime.Engine:
     """A wasmtime Engine configured for hooks: epoch interruption, fuel, and
     fastpath's linear memory (which enforces memory_limit_bytes).  Hooks made
     with ``engine=None`` share one such engine."""
+    with _lock:
+        return _new_engine_locked()
+
+
+def _new_engine_locked() -> wasmtime.Engine:
     config = wasmtime.Config()
     config.epoch_interruption = True
     config.consume_fuel = True
     _wasm.install_memory_creator(_address(config.ptr()))
     engine = wasmtime.Engine(config)
-    with _lock:
-        _ENGINES[id(engine)] = engine
+    _ENGINES[id(engine)] = engine
     return engine
 
 
 def _engine(engine: Optional[wasmtime.Engine]) -> wasmtime.Engine:
     global _default_engine
     if engine is None:
-        if _default_engine is None:
-            _default_engine = new_engine()
-        return _default_engine
+        with _lock:
+            if _default_engine is None:
+                _default_engine = _new_engine_locked()
+            return _default_engine
     if _ENGINES.get(id(engine)) is not engine:
         raise InvalidConfiguration(
             f"engine must come from fastpath.wasm.new_engine() (its Config carries epoch "
@@ -126,7 +134,7 @@ def _compile(module: Any, engine: wasmtime.Engine) -> Tuple[wasmtime.Module, Opt
         if isinstance(module, (bytes, bytearray, memoryview)):
             binary = bytes(module)
         elif isinstance(module, str) and module.lstrip().startswith(("(", ";;")):
-            binary = wasmtime.wat2wasm(module)
+            binary = bytes(wasmtime.wat2wasm(module))
         elif isinstance(module, (str, os.PathLike)):
             path = os.fspath(module)
             if not os.path.isfile(path):
@@ -138,7 +146,7 @@ def _compile(module: Any, engine: wasmtime.Engine) -> Tuple[wasmtime.Module, Opt
             raise InvalidConfiguration(f"module must be WAT text, wasm bytes, a path or a "
                                        f"wasmtime.Module, got {type(module).__name__}")
         if not binary.startswith(b"\0asm"):
-            binary = wasmtime.wat2wasm(binary.decode("utf-8", "replace"))
+            binary = bytes(wasmtime.wat2wasm(binary.decode("utf-8", "replace")))
         return wasmtime.Module(engine, binary), binary
     except wasmtime.WasmtimeError as exc:
         raise InvalidConfiguration(f"module does not compile: {exc}") from None
@@ -306,16 +314,12 @@ def _limits_for(constraints: Any) -> Tuple[int, int, int, int]:
 
 
 def _core_of(constraints: Any) -> Any:
-    # The core (compiled or twin) the constraints come from: its budgets and
-    # current_budget() go together.
-    from . import _budget_py
-    if isinstance(constraints, _budget_py.ExecutionConstraints):
-        return _budget_py
-    if isinstance(constraints, _impl.core.ExecutionConstraints):
-        return _impl.core
-    from . import _budget
-    if isinstance(constraints, _budget.ExecutionConstraints):
-        return _budget
+    # The core (compiled or twin) the constraints come from: its budgets,
+    # current_budget() and uninterruptible() go together.
+    module = sys.modules.get(type(constraints).__module__)
+    if (module is not None and module.__name__ in ("fastpath._budget", "fastpath._budget_py")
+            and isinstance(constraints, module.ExecutionConstraints)):
+        return module
     raise InvalidConfiguration(f"constraints must be an ExecutionConstraints or None, "
                                f"got {constraints!r}")
 
@@ -372,11 +376,11 @@ class WasmHook(_wasm.HookCore):
                                        f"module (its function exports: {names})")
         params = _kinds(export_type.params, f"export {export!r}")
         results = _kinds(export_type.results, f"export {export!r}")
-        hosts = self._host_table(compiled, imports)
+        hosts, import_types = self._host_table(compiled, imports)
         self._setup(_address(engine.ptr()), _address(compiled.ptr()), export, params, results,
                     hosts, pool, constraints, _limits_for(constraints), core.current_budget,
                     _limits_for,
-                    core.uninterruptible(), (engine, compiled, [h[2] for h in hosts]))
+                    core.uninterruptible(), (engine, compiled, import_types))
         self.module = compiled
         self.export = export
         self.constraints = constraints
@@ -386,7 +390,10 @@ class WasmHook(_wasm.HookCore):
         self._warm(constraints.max_exec_ms * 1_000_000)
 
     @staticmethod
-    def _host_table(compiled: wasmtime.Module, imports: Optional[HostImports]) -> List[Any]:
+    def _host_table(compiled: wasmtime.Module,
+                    imports: Optional[HostImports]) -> Tuple[List[Any], List[Any]]:
+        # (one row per function import, the wasmtime FuncTypes the rows point
+        # into: they must outlive the linking)
         if imports is None:
             imports = {}
         if not isinstance(imports, Mapping):
@@ -403,6 +410,7 @@ class WasmHook(_wasm.HookCore):
                                                f"callable, got {fn!r}")
                 given[(mod, name)] = fn
         hosts = []
+        types = []
         for imp in compiled.imports:
             key = (imp.module, imp.name or "")
             ty = imp.type
@@ -414,13 +422,14 @@ class WasmHook(_wasm.HookCore):
                 raise InvalidConfiguration(f"the module imports the function "
                                            f"{key[0]}.{key[1]}; pass it in imports=")
             label = f"import {key[0]}.{key[1]}"
+            types.append(ty)
             hosts.append((key[0], key[1], _address(ty.ptr()), given.pop(key),
                           _kinds(ty.params, label), _kinds(ty.results, label)))
         if given:
             extra = sorted(f"{m}.{n}" for m, n in given)
             raise InvalidConfiguration(f"imports names functions the module does not "
                                        f"import: {extra}")
-        return hosts
+        return hosts, types
 
     def run_async(self, *args: Any) -> Awaitable[Any]:
         """Await the export's result: the guest runs in the event loop's thread as
