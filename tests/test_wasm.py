@@ -463,3 +463,16 @@ def test_import_fastpath_does_not_import_wasmtime():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_raise_limit_stops_the_running_call_for_any_limit_kind(fp):
+    # The core hook fastpath.wasm uses to report its own findings.
+    V = fp.ConstraintViolationType
+    for kind in (V.TIMEOUT_EXCEEDED, V.MEMORY_EXCEEDED, V.CPU_EXCEEDED):
+        budget = fp.ExecutionConstraints(60_000).create_budget()
+        with pytest.raises(fp.ConstraintViolation) as info:
+            budget.enforce(budget._raise_limit, kind)
+        assert info.value.kind is kind and info.value.interrupted is True
+    budget = fp.ExecutionConstraints(60_000).create_budget()
+    with pytest.raises(fp.InvalidConfiguration, match="SAMPLED_OUT"):
+        budget.enforce(budget._raise_limit, V.SAMPLED_OUT)
