@@ -178,7 +178,7 @@ def test_an_interrupted_instance_is_replaced_and_the_next_call_works(fp):
     assert (hook.instances_created, hook.idle_instances) == (2, 1)
 
 
-def test_the_cpu_allowance_is_fuel_and_running_out_is_cpu_exceeded(fp):
+def test_the_cpu_allowance_stops_a_runaway_guest_with_cpu_exceeded(fp):
     # 10 s wall, 1% CPU share: a 100 ms allowance, far below the deadline.
     c = fp.ExecutionConstraints(10_000, cpu_shares=1)
     hook = WasmHook(COUNT, "count", constraints=c)
@@ -199,7 +199,7 @@ def test_fuel_calibration_is_measured_and_a_positive_rate():
     assert fwasm.fuel_per_cpu_ms() == rate          # measured once
 
 
-def test_fuel_stops_a_loop_after_cpu_of_the_order_of_the_allowance():
+def test_a_cpu_allowance_stops_a_loop_after_cpu_of_the_order_of_the_allowance():
     # The calibration error, with huge headroom: a 20 ms allowance of integer
     # loop work ends well within 0.05x..20x of 20 ms of thread CPU.
     c = fastpath.ExecutionConstraints(20_000, cpu_shares=1)   # 200 ms allowance
@@ -476,3 +476,22 @@ def test_raise_limit_stops_the_running_call_for_any_limit_kind(fp):
     budget = fp.ExecutionConstraints(60_000).create_budget()
     with pytest.raises(fp.InvalidConfiguration, match="SAMPLED_OUT"):
         budget.enforce(budget._raise_limit, V.SAMPLED_OUT)
+
+
+def test_running_out_of_fuel_is_cpu_exceeded_before_the_clock_would_say_so(fp, monkeypatch):
+    # With a calibration of 1,000 fuel units per CPU ms a 100 ms allowance is
+    # 100,000 units: a loop spends them within a fraction of a millisecond, so
+    # the stop is fuel's, not the thread CPU clock's (which waits for 100 ms).
+    fwasm.fuel_per_cpu_ms()
+    monkeypatch.setattr(fwasm, "_fuel_per_ms", 1000.0)
+    c = fp.ExecutionConstraints(10_000, cpu_shares=1)
+    hook = WasmHook(COUNT, "count", constraints=c)
+    assert hook(100) == 100
+    cpu0 = time.thread_time()
+    with pytest.raises(fp.ConstraintViolation) as info:
+        hook(2**62)
+    used_ms = (time.thread_time() - cpu0) * 1e3
+    assert fp.ConstraintViolationType.CPU_EXCEEDED in info.value.violations
+    assert info.value.interrupted is True
+    assert used_ms < 50
+    assert hook.idle_instances == 0
