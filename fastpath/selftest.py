@@ -240,7 +240,8 @@ def check_wasm() -> str:
     from fastpath.wasm import WasmHook
 
     add = WasmHook('(module (func (export "add") (param i32 i32) (result i32) '
-                   '(i32.add (local.get 0) (local.get 1))))', "add")
+                   '(i32.add (local.get 0) (local.get 1))))', "add",
+                   constraints=ExecutionConstraints.wasm_hook(1000))
     if add(40, 2) != 42:
         raise AssertionError("the add hook did not return 42")
     spin = WasmHook('(module (func (export "spin") (loop $l (br $l))))', "spin",
