@@ -59,7 +59,6 @@ typedef struct { uint8_t kind; fpw_valunion of; } fpw_val;
 
 /* wasmtime_extern_t */
 #define FPW_EXTERN_FUNC 0
-#define FPW_EXTERN_MEMORY 3
 typedef union { fpw_func func; fpw_memory memory; uint64_t raw[3]; } fpw_extern_union;
 typedef struct { uint8_t kind; fpw_extern_union of; } fpw_extern;
 
@@ -114,7 +113,6 @@ typedef struct {
                                fpw_extern *);
     fpw_error *(*func_call)(fpw_context *, const fpw_func *, const fpw_val *, size_t,
                             fpw_val *, size_t, fpw_trap **);
-    size_t (*memory_data_size)(const fpw_context *, const fpw_memory *);
     int (*trap_code)(const fpw_trap *, uint8_t *);
     void (*trap_message)(const fpw_trap *, fpw_byte_vec *);
     void (*trap_delete)(fpw_trap *);
@@ -159,7 +157,6 @@ static const char *fpw_resolve(const char *path)
     FPW_SYM(instance_pre_delete, "wasmtime_instance_pre_delete");
     FPW_SYM(instance_export_get, "wasmtime_instance_export_get");
     FPW_SYM(func_call, "wasmtime_func_call");
-    FPW_SYM(memory_data_size, "wasmtime_memory_data_size");
     FPW_SYM(trap_code, "wasmtime_trap_code");
     FPW_SYM(trap_message, "wasm_trap_message");
     FPW_SYM(trap_delete, "wasm_trap_delete");
@@ -194,8 +191,6 @@ typedef struct fpw_inst {
     fpw_context *ctx;
     fpw_instance instance;
     fpw_func func;              /* the hook's export */
-    fpw_memory memory;          /* its exported memory, if has_memory */
-    int has_memory;
     int64_t deadline_ns;        /* this call's wall deadline (CLOCK_MONOTONIC) */
     int deadline_hit;           /* the epoch callback stopped the guest: deadline */
     int64_t cpu_allow_ns;       /* this call's CPU allowance, or -1 */
