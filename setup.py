@@ -81,6 +81,18 @@ extensions = [
         define_macros=macros,
         depends=["fastpath/_quota.pxd"],
     ),
+    # fastpath.wasm's per-call path.  It needs no wasmtime headers (it declares
+    # the few types it uses) and links to no wasmtime library: the functions are
+    # resolved at run time from the library the `wasmtime` package loaded.
+    Extension(
+        "fastpath._wasm",
+        ["fastpath/_wasm.pyx"],
+        include_dirs=["fastpath"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=macros,
+        depends=["fastpath/_fp_wasm.h"],
+    ),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES,

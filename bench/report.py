@@ -299,6 +299,33 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
     add("Q3", "same call, `RedisQuotaStore` vs `LocalQuotaStore`", quota_redis_cost,
         "≤ 2× the local store's")
 
+    add("22a", "WASM `hook(1, 2)` (wasm_hook profile) vs wasmtime-py `Func.__call__`",
+        cheaper(("wasm_call", "wasmtime-py"), ("wasm_call", "fastpath"), 20, False,
+                "wasmtime-py"), "≥ 20× cheaper")
+
+    def hook_call():
+        ns = r.ns("wasm_call", "fastpath")
+        return f"{fmt_ns(ns)} per call ({fmt_x(ns / f)} f())", ns <= 2_000, ns
+    add("22b", "same, per call", hook_call, "≤ 2 µs")
+
+    def instantiate():
+        ns = r.ns("wasm_instantiate", "fastpath")
+        return f"{fmt_ns(ns)} per store + instance", ns <= 20_000, ns
+    add("22c", "WASM instantiation from the pool's pre-linked module", instantiate, "≤ 20 µs")
+
+    def wasm_late(name: str):
+        def compute():
+            w = extras["wasm"]
+            d = w[name]
+            return ((f"p99 {d['p99_ns'] / 1e3:,.0f} µs (median {d['median_ns'] / 1e3:,.0f} µs, "
+                     f"max {d['max_ns'] / 1e3:,.0f} µs, n={d['n']})"),
+                    d["p99_ns"] <= w["goal_p99_ns"], d["p99_ns"])
+        return compute
+    add("22d", "WASM deadline → trap lateness, main thread (5 ms, spin loop)", wasm_late("main"),
+        "p99 ≤ 2 ms")
+    add("22e", "WASM deadline → trap lateness, worker thread", wasm_late("worker"),
+        "p99 ≤ 2 ms")
+
     # -- reference rows (no goal) ---------------------------------------------
     refs: list[Goal] = []
 
@@ -350,6 +377,30 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
         lambda: ", ".join(f"{name}: {n}" for name, n in denied) or "none",
         "fail-closed 5 ms / 0.5 ms CPU limits hit when the process is descheduled; caught "
         "and counted")
+
+    def slowdown(impl: str) -> Callable[[], str]:
+        def compute() -> str:
+            plain = r.ns("wasm_loop", "plain")
+            ours = r.ns("wasm_loop", impl)
+            n = r.info("wasm_loop", impl)["iterations_per_call"]
+            return (f"{fmt_x(ours / plain)} ({ours / n:.2f} vs {plain / n:.2f} ns per "
+                    f"iteration)")
+        return compute
+    ref("WASM guest slowdown from epoch interruption (tight loop)", slowdown("epoch"),
+        "wasmtime's own figure: ~10 %; a tight loop pays the most")
+    ref("WASM guest slowdown from epoch + fuel (fastpath's engines)", slowdown("epoch+fuel"),
+        "fuel adds a counter update per basic block")
+
+    def calibration() -> str:
+        c = extras["wasm"]["calibration"]
+        parts = [f"{name}: {v['cpu_over_allowance_median']:.2f}× (fuel alone "
+                 f"{v['fuel_alone']:.2f}×)" for name, v in c.items() if isinstance(v, dict)]
+        return (f"CPU used when a {c['allowance_ms']:g} ms allowance stopped the guest, over "
+                f"the allowance: " + ", ".join(parts)
+                + f" ({c['fuel_per_cpu_ms'] / 1e6:.2f} M fuel per CPU ms)")
+    ref("WASM fuel calibration error", calibration,
+        "fuel counts instructions, not time (calibrated on loads, stores and arithmetic); "
+        "the epoch callback's thread CPU reading bounds the rest")
     for k in range(4):
         ref(f"`budget.check()` with {k} violation kind{'s' if k != 1 else ''} recorded",
             lambda k=k: (f"compiled {fmt_ns(r.cost(f'check_violations_{k}', 'compiled'))}, "

@@ -96,7 +96,15 @@ def run_extras(quick: bool) -> dict[str, Any]:
     arm = measure_arm_disarm()
     print("$ fastpath._budget._measure_rule_extras(1_000_000) (goals 20, 21)", flush=True)
     rule_extras = measure_rule_extras()
-    return {"lateness": late, "memhook": hook, "arm_disarm": arm, "rule_extras": rule_extras}
+    extras = {"lateness": late, "memhook": hook, "arm_disarm": arm, "rule_extras": rule_extras}
+    try:
+        import wasm_lateness
+    except ImportError as exc:      # the wasm extra is not installed
+        print(f"(no bench/wasm_lateness.py figures: {exc})", flush=True)
+    else:
+        print("$ bench/wasm_lateness.py (goals 22d, 22e)", flush=True)
+        extras["wasm"] = wasm_lateness.run(n=50 if quick else 100)
+    return extras
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -835,14 +835,25 @@ The running limits of one evaluation; its clock starts when it is created.
     def _raise_timeout(self):
         """Stop the running call of this budget as its deadline would (for code
         that enforces the budget's remaining time itself, e.g. fastpath.regex)."""
+        self._raise_limit(ConstraintViolationType.TIMEOUT_EXCEEDED)
+
+    def _raise_limit(self, kind):
+        """Stop the running call of this budget for the limit `kind`
+        (TIMEOUT_EXCEEDED, MEMORY_EXCEEDED or CPU_EXCEEDED), which code enforcing
+        it itself found broken (fastpath.regex: the deadline; fastpath.wasm: a
+        guest's epoch deadline, fuel or linear-memory limit)."""
+        cdef int k = _KIND_OBJS.index(kind) if kind in _KIND_OBJS[1:4] else 0
         cdef fp_slot *slot = fp_tls_slot
+        if k == 0:
+            raise InvalidConfiguration(f"kind must be a limit's ConstraintViolationType, "
+                                       f"got {kind!r}")
         if not self._gen or slot == NULL:
             # an `async with` scope (no armed call): the violation itself
             self._stop_ns = fp_now_ns()
-            self.record_c(FP_TIMEOUT)
-            raise self._violation(1 << FP_TIMEOUT, True, True)
-        slot.fire_kind = FP_TIMEOUT
-        slot.fire_ns = self._deadline_ns
+            self.record_c(k)
+            raise self._violation(1 << k, True, True)
+        slot.fire_kind = k
+        slot.fire_ns = self._deadline_ns if k == FP_TIMEOUT else fp_now_ns()
         slot.delivered = 1
         fp_mark_fired(slot, self._gen)
         raise ExecutionInterrupted()

@@ -825,14 +825,25 @@ class ExecutionBudget:
     def _raise_timeout(self) -> None:
         """Stop the running call of this budget as its deadline would (for code
         that enforces the budget's remaining time itself, e.g. fastpath.regex)."""
+        self._raise_limit(ConstraintViolationType.TIMEOUT_EXCEEDED)
+
+    def _raise_limit(self, kind: ConstraintViolationType) -> None:
+        """Stop the running call of this budget for the limit `kind`
+        (TIMEOUT_EXCEEDED, MEMORY_EXCEEDED or CPU_EXCEEDED), which code enforcing
+        it itself found broken (fastpath.regex: the deadline; fastpath.wasm: a
+        guest's epoch deadline, fuel or linear-memory limit)."""
+        k = _KINDS.index(kind) if kind in _KINDS[1:4] else 0
+        if k == 0:
+            raise InvalidConfiguration(f"kind must be a limit's ConstraintViolationType, "
+                                       f"got {kind!r}")
         slot = _slot()
         if not self._gen:
             # an `async with` scope (no armed call): the violation itself
             self._stop_ns = _now_ns()
-            self._record_mask(1 << TIMEOUT)
-            raise self._violation(1 << TIMEOUT, True, True)
-        slot.fire_kind = TIMEOUT
-        slot.fire_ns = self._deadline_ns
+            self._record_mask(1 << k)
+            raise self._violation(1 << k, True, True)
+        slot.fire_kind = k
+        slot.fire_ns = self._deadline_ns if k == TIMEOUT else _now_ns()
         slot.fire_gen = self._gen
         raise ExecutionInterrupted()
 

@@ -161,7 +161,7 @@ def check_enforcer() -> str:
 def _expect(ok: bool, what: str) -> None:
     """An explicit check (``python -O`` strips asserts)."""
     if not ok:
-        raise AssertionError(what)
+        raise CheckFailed(what)
 
 
 def check_breaker() -> str:
@@ -190,7 +190,7 @@ def check_breaker() -> str:
     except ResourceExhausted:
         pass
     else:
-        raise AssertionError("an open breaker did not refuse the call")
+        raise CheckFailed("an open breaker did not refuse the call")
     _expect(ran == [], "a refused call ran fn")
     now[0] += 0.101
     _expect(rule(abs, -2) == 2, "the half-open probe did not run")
@@ -315,19 +315,45 @@ def check_quota() -> str:
         results = [enforcer.execute_with_constraints(RuleType.SEMANTIC, ran.append, 1)
                    for _ in range(5)]
     if len(ran) != 3 or results.count(None) != 5:
-        raise AssertionError(f"3 calls admitted expected, fn ran {len(ran)} times")
+        raise CheckFailed(f"3 calls admitted expected, fn ran {len(ran)} times")
     usage = quota.store.usage("selftest")
     if (usage["admitted"], usage["refused"]) != (3, 2):
-        raise AssertionError(f"expected 3 admitted and 2 refused, the store says {usage}")
+        raise CheckFailed(f"expected 3 admitted and 2 refused, the store says {usage}")
     refused = enforcer.metrics()[RuleType.SEMANTIC]["quota_refused"]
     if refused != 2:
-        raise AssertionError(f"quota_refused is {refused}, expected 2")
+        raise CheckFailed(f"quota_refused is {refused}, expected 2")
     if not 0 < usage["wall_ms"] < 60_000:
-        raise AssertionError(f"wall time debited {usage['wall_ms']} ms, expected a measurement")
+        raise CheckFailed(f"wall time debited {usage['wall_ms']} ms, expected a measurement")
     if quota.store.usage("other")["admitted"] != 0:
-        raise AssertionError("a flow key was charged for another one's calls")
+        raise CheckFailed("a flow key was charged for another one's calls")
     return (f"3 of 5 calls admitted, 2 refused without running fn; "
             f"{usage['wall_ms'] * 1e3:.1f} us of wall time debited")
+
+
+def check_wasm() -> str:
+    try:
+        import wasmtime  # noqa: F401
+    except ImportError:
+        return "skipped: the fastpath[wasm] extra (wasmtime) is not installed"
+    from fastpath.wasm import WasmHook
+
+    add = WasmHook('(module (func (export "add") (param i32 i32) (result i32) '
+                   '(i32.add (local.get 0) (local.get 1))))', "add",
+                   constraints=ExecutionConstraints.wasm_hook(1000))
+    if add(40, 2) != 42:
+        raise CheckFailed("the add hook did not return 42")
+    spin = WasmHook('(module (func (export "spin") (loop $l (br $l))))', "spin",
+                    constraints=ExecutionConstraints(20))
+    t0 = time.monotonic()
+    try:
+        spin()
+    except ConstraintViolation as exc:
+        if exc.kind is not V.TIMEOUT_EXCEEDED or not exc.interrupted:
+            raise CheckFailed(f"unexpected violation {exc!r}") from exc
+    else:
+        raise CheckFailed("a spinning guest past its deadline was not stopped")
+    return (f"add(40, 2) = 42; spinning guest trapped at its epoch deadline "
+            f"(+{(time.monotonic() - t0) * 1e3 - 20:.1f} ms)")
 
 
 CHECKS: List[Tuple[str, Callable[[], str]]] = [
@@ -343,6 +369,7 @@ CHECKS: List[Tuple[str, Callable[[], str]]] = [
     ("memory + CPU limits", check_memory_and_cpu),
     ("asyncio", check_asyncio),
     ("quota", check_quota),
+    ("wasm hooks", check_wasm),
 ]
 
 

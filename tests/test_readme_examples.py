@@ -67,3 +67,15 @@ def test_the_quota_examples_run_and_print_their_output(tmp_path, redis_server):
                              env={**os.environ, "REDIS_URL": redis_server.url})
         assert out.returncode == 0, out.stderr
         assert out.stdout.split("\n") == expected.split("\n")
+
+
+def test_the_wasm_example_runs_and_prints_its_comments():
+    import pytest
+
+    pytest.importorskip("wasmtime")
+    code = _section_code("WASM hooks")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["42", "TIMEOUT_EXCEEDED True", "guest says 21", "42",
+                                       "trap: True"]

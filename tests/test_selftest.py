@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = {"presets", "validation", "budget", "sampling", "enforcer", "circuit breaker", "retry",
-         "histogram", "preemption", "memory + CPU limits", "asyncio", "quota"}
+         "histogram", "preemption", "memory + CPU limits", "asyncio", "quota",
+         "wasm hooks"}
 
 
 def _python(*args: str, twin: bool = False) -> subprocess.CompletedProcess[str]:
