@@ -397,6 +397,7 @@ class _Slot:
         "unordered",
         "defer",
         "fire_gen",
+        "refire",
         "fire_kind",
         "fire_ns",
         "current",
@@ -417,6 +418,7 @@ class _Slot:
         self.unordered = False      # calls returned out of order here (greenlets)
         self.defer = 0              # open uninterruptible() blocks
         self.fire_gen = 0
+        self.refire = False         # send fire_gen's interrupt again (taken back, see uninterruptible)
         self.fire_kind = 0
         self.fire_ns = 0
         self.current: Optional[ExecutionBudget] = None   # the innermost sync budget running
@@ -461,9 +463,11 @@ def _fire(slot: _Slot, gen: int, kind: int, due: int) -> None:
                                             sys._current_frames().get(slot.ident)):
         _deferrals += 1
         return
-    slot.fire_kind = kind
-    slot.fire_ns = due
+    if not (slot.refire and slot.fire_gen == gen):
+        slot.fire_kind = kind
+        slot.fire_ns = due
     slot.fire_gen = gen
+    slot.refire = False
     # No call between the check and the injection: the owner cannot run (and
     # disarm) in between, because the GIL is only handed over at a call or a
     # backward jump.
@@ -503,12 +507,13 @@ def _watchdog_main() -> None:
                 except OSError:
                     continue
                 over = [(wgen, cpu - start - limit) for wgen, limit, interrupt, start in watches
-                        if interrupt and cpu - start >= limit and slot.fire_gen != wgen]
+                        if interrupt and cpu - start >= limit
+                        and (slot.fire_gen != wgen or slot.refire)]
                 if over:
                     wgen, excess = over[0]
                     _fire(slot, wgen, CPU, _now_ns() - excess)
                     continue
-            if gen and slot.interrupt_at <= now and slot.fire_gen != gen:
+            if gen and slot.interrupt_at <= now and (slot.fire_gen != gen or slot.refire):
                 _fire(slot, gen, TIMEOUT, slot.interrupt_at)
         idle_ticks = 0 if active else idle_ticks + 1
         _watchdog_idle = idle_ticks >= WATCHDOG_IDLE_TICKS
@@ -600,7 +605,7 @@ class uninterruptible:
             # was sent at, which can be inside this block): take it back, and
             # let the watchdog send it again (it defers it while the block runs).
             _set_async_exc(slot.ident, _CLEAR)
-            slot.fire_gen = 0
+            slot.refire = True
         return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
