@@ -11,7 +11,6 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 import atexit as _atexit
 import gc as _gc
-import os as _os
 import signal as _signal
 import sys as _sys
 import threading as _threading
@@ -1532,8 +1531,7 @@ cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id,
     cdef int64_t cpu0 = 0
     cdef int admitted = quota.admit_c(key, budget._start_ns)
     if not admitted:
-        if token != 1:
-            rule.breaker._record(token, -1)     # a half-open probe that will not run
+        rule._release_token(token)          # a half-open probe that will not run
         rule.quota_refused += 1
         core._quota_refused(rule, rule_id, fn, key, rule.constraints._fail_closed)
         return rule.fallback

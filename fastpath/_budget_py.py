@@ -418,7 +418,7 @@ class _Slot:
         self.unordered = False      # calls returned out of order here (greenlets)
         self.defer = 0              # open uninterruptible() blocks
         self.fire_gen = 0
-        self.refire = False         # send fire_gen's interrupt again (taken back, see uninterruptible)
+        self.refire = False         # send fire_gen's interrupt again (see uninterruptible)
         self.fire_kind = 0
         self.fire_ns = 0
         self.current: Optional[ExecutionBudget] = None   # the innermost sync budget running

@@ -122,8 +122,7 @@ def log_audit_event(event: AuditEvent) -> None:
 
 _RULE_ORDER = (RuleType.FAST, RuleType.SEMANTIC, RuleType.WASM_HOOK, RuleType.OBSERVATIONAL)
 _DEFAULT_TRANSIENT: Tuple[Type[Exception], ...] = (ConnectionError, TimeoutError)
-_COUNTER_NAMES = ("calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors",
-                  "retries", "quota_refused")
+_COUNTER_NAMES = _rules.COUNTER_NAMES
 
 
 def _default_profiles(constraints_cls: Any) -> Dict[RuleType, Any]:

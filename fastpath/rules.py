@@ -21,8 +21,10 @@ __all__ = ["UNSET", "register", "rule_entry"]
 #: "Not given": the rule type's fallback / whatever is registered already.
 UNSET: Any = ...
 
-_COUNTER_NAMES = ("calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors",
-                  "retries", "quota_refused")
+#: The names of the counts ``_RuleState.counters()`` returns, in order (the
+#: per-type ``metrics()`` and ``rule_metrics()`` both use them).
+COUNTER_NAMES = ("calls", "executed", "sampled_out", "fail_open", "fail_closed", "errors",
+                 "retries", "quota_refused")
 
 
 def register(enforcer: Any, rule_id: Any, rule_type: Any, *, constraints: Any, fallback: Any,
@@ -94,7 +96,7 @@ def rule_entry(state: Any, json: bool) -> Dict[str, Any]:
     """One rule's metrics: the per-type keys, plus rule_type, refused,
     max_exec_ms, breaker and adaptive."""
     *counts, by_kind = state.counters()
-    entry: Dict[str, Any] = dict(zip(_COUNTER_NAMES, counts, strict=True))
+    entry: Dict[str, Any] = dict(zip(COUNTER_NAMES, counts, strict=True))
     kinds = [ConstraintViolationType(k) for k in by_kind]
     entry["refused"] = state.refused_calls
     if json:
