@@ -65,7 +65,7 @@ cdef class ExecutionBudget:
     cdef unsigned char _violation_order[4]     # kinds in recorded order; no allocation
     cdef bint _preempt                         # may the watchdog interrupt calls of this budget
     cdef uint64_t _gen                         # generation of the enforce() running it; 0: none
-    cdef bint _raised                          # the last run_c raised this budget's own violation
+    cdef readonly int _ending                  # how its last call ended (fastpath._outcome.Ending)
     cdef public object _scope                  # the open `with` / `async with` block, or None
     cdef uint32_t _mem_rec                     # its memory record (_fp_memhook.h); 0: none yet
     cdef uint64_t _cur_seq                     # when it last became an async current budget
@@ -91,7 +91,7 @@ cdef class ExecutionBudget:
     cdef void _record_mask(self, int mask) noexcept
     cdef int64_t _cpu_total_now(self) noexcept
     cdef ExecutionStats _stats(self)
-    cdef object _violation(self, int mask, bint interrupted, object interruptible)
+    cdef object _violation(self, int mask, int ending, int64_t due)
 
 
 cdef class _Breaker:

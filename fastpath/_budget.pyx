@@ -15,12 +15,11 @@ import signal as _signal
 import sys as _sys
 import threading as _threading
 
-from fastpath import _config, _critical
+from fastpath import _config, _critical, _outcome
 from fastpath import _flow
 from fastpath._histogram cimport LatencyHistogram
 from fastpath._quota cimport Quota
 from fastpath.errors import (
-    ConstraintViolation,
     ConstraintViolationType,
     EnforcementFailure,
     ExecutionInterrupted,
@@ -173,17 +172,26 @@ cdef extern from "_fp_runtime.h":
     unsigned long fp_switch_interval_shown() noexcept
     void fp_switch_interval_set() noexcept
 
-# How long after an interrupt was due (the deadline, or the moment the CPU
-# allowance was crossed) the call may take to stop and still count as
-# "interruptible": it stopped at an eval-breaker check, not when a blocking C
-# call finally returned.  Other threads wait for the GIL, hence the switch
-# interval.
-cdef int64_t DELIVERY_SLACK_NS = 2000000
-
-
-cdef object _judged(int64_t end, int64_t due):
-    """interruptible: did the call stop soon enough after its interrupt fell due?"""
-    return end - due <= DELIVERY_SLACK_NS + <int64_t>(_sys.getswitchinterval() * 1e9)
+# How a budget's call ended (ExecutionBudget._ending): the numbers of
+# fastpath._outcome.Ending, which also derives a violation's interrupted and
+# interruptible flags from them (_outcome.violation).
+cdef int END_NOT_ENDED = _outcome.Ending.NOT_ENDED
+cdef int END_RETURNED = _outcome.Ending.RETURNED
+cdef int END_RAISED = _outcome.Ending.RAISED
+cdef int END_CHECKED = _outcome.Ending.CHECKED
+cdef int END_EXPIRED = _outcome.Ending.EXPIRED
+cdef int END_INTERRUPTED = _outcome.Ending.INTERRUPTED
+cdef int END_MEMORY_REFUSED = _outcome.Ending.MEMORY_REFUSED
+cdef int END_MEMORY_STOPPED = _outcome.Ending.MEMORY_STOPPED
+cdef int END_MEMORY_SWALLOWED = _outcome.Ending.MEMORY_SWALLOWED
+cdef int END_LATE = _outcome.Ending.LATE
+cdef object _outcome_violation = _outcome.violation
+# A rule attempt's verdict (_RuleState._settle): fastpath._outcome.Verdict.
+cdef int VERDICT_OK = _outcome.Verdict.OK
+cdef int VERDICT_RETRY = _outcome.Verdict.RETRY
+cdef int VERDICT_DENY = _outcome.Verdict.DENY
+cdef int VERDICT_FALLBACK = _outcome.Verdict.FALLBACK
+cdef int VERDICT_ERROR = _outcome.Verdict.ERROR
 
 
 cdef bint _from_memory_error(object exc) except -1:
@@ -703,7 +711,7 @@ The running limits of one evaluation; its clock starts when it is created.
         """Record every limit violated now; raise ConstraintViolation if any is."""
         cdef int mask = self.check_c()
         if mask:
-            raise self._violation(mask, False, None)
+            raise self._violation(mask, END_CHECKED, -1)
 
     def charge_memory(self, nbytes):
         """Add memory the caller accounts for itself (e.g. a sandbox's memory)."""
@@ -738,13 +746,16 @@ The running limits of one evaluation; its clock starts when it is created.
                                for i in range(self._violation_count)])
         return st
 
-    cdef object _violation(self, int mask, bint interrupted, object interruptible):
+    cdef object _violation(self, int mask, int ending, int64_t due):
+        # The violation of the kinds in mask, for a call that ended as `ending`
+        # (recorded in _ending); due: when an interrupt fell due, -1 for none.
         cdef int i
         cdef list kinds = [_KIND_OBJS[self._violation_order[i]]
                            for i in range(self._violation_count)
                            if mask & (1 << self._violation_order[i])]
-        return ConstraintViolation(kinds, self._stats(), interrupted=interrupted,
-                                   interruptible=interruptible)
+        self._ending = ending
+        return _outcome_violation(kinds, self._stats(), ending, self._stop_ns,
+                                  None if due < 0 else due)
 
     # -- the per-call path (enforce() is installed below as a fastcall method) --
     cdef object run_c(self, object fn, PyObject **args, Py_ssize_t nargs, PyObject *kwnames,
@@ -804,7 +815,7 @@ The running limits of one evaluation; its clock starts when it is created.
         if now >= self._deadline_ns:
             self._stop_ns = now
             self.record_c(FP_TIMEOUT)
-            raise self._violation(1 << FP_TIMEOUT, False, None)
+            raise self._violation(1 << FP_TIMEOUT, END_EXPIRED, -1)
         self._stop_ns = 0
         _async_scopes += 1
         _next_seq(self)
@@ -822,14 +833,15 @@ The running limits of one evaluation; its clock starts when it is created.
         mask = self.check_c()
         if timed_out:
             mask |= 1 << FP_TIMEOUT
+        if timed_out:
+            raise self._violation(mask, END_INTERRUPTED, self._deadline_ns)
         if mask:
-            raise self._violation(mask, timed_out, _judged(self._stop_ns, self._deadline_ns)
-                                  if timed_out else None)
+            raise self._violation(mask, END_LATE, -1)
 
     def _late_violation(self):
         """The violation recorded so far, not raised (audit of a late call that
         raised its own error)."""
-        return self._violation(-1, False, None)
+        return self._violation(-1, END_RAISED, -1)
 
     def _raise_timeout(self):
         """Stop the running call of this budget as its deadline would (for code
@@ -850,7 +862,7 @@ The running limits of one evaluation; its clock starts when it is created.
             # an `async with` scope (no armed call): the violation itself
             self._stop_ns = fp_now_ns()
             self.record_c(k)
-            raise self._violation(1 << k, True, True)
+            raise self._violation(1 << k, END_INTERRUPTED, self._stop_ns)
         slot.fire_kind = k
         slot.fire_ns = self._deadline_ns if k == FP_TIMEOUT else fp_now_ns()
         slot.delivered = 1
@@ -884,14 +896,13 @@ cdef int _begin_call(ExecutionBudget self, _Call *k, bint preempt, bint check_ex
     k.mem_out.tripped = k.mem_out.killed = 0     # (set when the memory session ends)
     k.stop_it = preempt and c._fail_closed
     k.mem_on = c._memory_limit >= 0
-    self._raised = False
+    self._ending = END_NOT_ENDED
     k.fn_start = fp_now_ns()
     if check_expired and k.fn_start >= self._deadline_ns:
         # An expired budget does not run fn.
         self._stop_ns = k.fn_start
         self.record_c(FP_TIMEOUT)
-        self._raised = True
-        raise self._violation(1 << FP_TIMEOUT, False, None)
+        raise self._violation(1 << FP_TIMEOUT, END_EXPIRED, -1)
     k.slot = fp_tls_slot
     if k.slot == NULL:
         k.slot = _new_slot()
@@ -950,15 +961,14 @@ cdef int _call_failed(ExecutionBudget self, _Call *k, object exc) except -1:
                 if not (mask & (1 << FP_MEMORY)):
                     self.record_c(FP_MEMORY)
                     mask |= 1 << FP_MEMORY
-                self._raised = True
-                raise self._violation(mask, True, False)
+                raise self._violation(mask, END_MEMORY_STOPPED, -1)
+            self._ending = END_RAISED
             return 0        # meant for an enclosing enforce() on this thread
         if slot.fire_kind and not (mask & (1 << slot.fire_kind)):
             self.record_c(slot.fire_kind)
             mask |= 1 << slot.fire_kind
-        self._raised = True
-        raise self._violation(mask, True, _judged(
-            self._stop_ns, k.interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns))
+        raise self._violation(mask, END_INTERRUPTED,
+                              k.interrupt_at if slot.fire_kind == FP_TIMEOUT else slot.fire_ns)
     if k.mem_on and k.mem_out.tripped and _from_memory_error(exc):
         # This call's cap refused an allocation and fn ended with that
         # MemoryError (or an error raised while handling it): a MEMORY_EXCEEDED
@@ -966,8 +976,9 @@ cdef int _call_failed(ExecutionBudget self, _Call *k, object exc) except -1:
         if not (mask & (1 << FP_MEMORY)):
             self.record_c(FP_MEMORY)
             mask |= 1 << FP_MEMORY
-        self._raised = True
-        raise self._violation(mask, True, not k.mem_out.killed)
+        raise self._violation(mask, END_MEMORY_STOPPED if k.mem_out.killed
+                              else END_MEMORY_REFUSED, -1)
+    self._ending = END_RAISED
     return 0
 
 
@@ -978,10 +989,8 @@ cdef int _call_returned(ExecutionBudget self, _Call *k, object fn, object result
     if fn is not None and fp_is_awaitable(result):
         _refuse_awaitable(fn, result, "enforce")
     if mask:
-        self._raised = True
-        raise self._violation(mask, False, _returned_late(
-            self, k.slot, k.gen, mask, k.stop_it, k.interrupt_at, k.fired, k.cpu_due,
-            k.mem_on and k.mem_out.tripped))
+        raise _late(self, k, mask)
+    self._ending = END_RETURNED
     return 0
 
 
@@ -1163,10 +1172,7 @@ cdef class _Steps:
             # the coroutine does not go on.
             self._finish()
             _close_quietly(self.it)
-            b._raised = True
-            raise b._violation(mask, False, _returned_late(
-                b, k.slot, k.gen, mask, k.stop_it, k.interrupt_at, k.fired, k.cpu_due,
-                k.mem_on and k.mem_out.tripped))
+            raise _late(b, &k, mask)
         if self.timer is None and k.stop_it and fp_preempt_enabled:
             self._schedule_deadline()
         return yielded
@@ -1194,8 +1200,7 @@ cdef class _Steps:
             raise cause                 # also cancelled from outside: that wins
         b._stop_ns = fp_now_ns()
         b.record_c(FP_TIMEOUT)
-        b._raised = True
-        raise b._violation(1 << FP_TIMEOUT, True, _judged(b._stop_ns, b._deadline_ns)) from cause
+        raise b._violation(1 << FP_TIMEOUT, END_INTERRUPTED, b._deadline_ns) from cause
 
 
 cdef PySendResult _steps_am_send(PyObject *self, PyObject *arg,
@@ -1230,24 +1235,20 @@ cdef fp_slot *_new_slot() except NULL:
     return slot
 
 
-cdef object _returned_late(ExecutionBudget self, fp_slot *slot, uint64_t gen, int mask,
-                           bint stop_it, int64_t interrupt_at, int fired, int64_t cpu_due,
-                           bint mem_tripped):
-    # interruptible for a call that came back by itself over a limit: judged
-    # from when an interrupt fell due (None: none was due).
+cdef object _late(ExecutionBudget self, _Call *k, int mask):
+    # The violation of a call (or coroutine step) k that came back by itself
+    # over the limits in mask, with when an interrupt fell due (-1: none was).
     cdef int64_t due = FP_INT64_MAX
-    if mem_tripped:
-        return False        # the callee swallowed the cap's MemoryError
-    if self._stop_ns >= interrupt_at:
-        due = interrupt_at
-    if mask & (1 << FP_CPU) and stop_it:
-        if fired and slot.fire_kind == FP_CPU and slot.fire_ns < due:
-            due = slot.fire_ns
-        elif cpu_due >= 0 and cpu_due < due:
-            due = cpu_due
-    if due == FP_INT64_MAX:
-        return None
-    return _judged(self._stop_ns, due)
+    if k.mem_on and k.mem_out.tripped:
+        return self._violation(mask, END_MEMORY_SWALLOWED, -1)
+    if self._stop_ns >= k.interrupt_at:
+        due = k.interrupt_at
+    if mask & (1 << FP_CPU) and k.stop_it:
+        if k.fired and k.slot.fire_kind == FP_CPU and k.slot.fire_ns < due:
+            due = k.slot.fire_ns
+        elif k.cpu_due >= 0 and k.cpu_due < due:
+            due = k.cpu_due
+    return self._violation(mask, END_LATE, -1 if due == FP_INT64_MAX else due)
 
 
 cdef object _enforce_fastcall(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
@@ -1361,30 +1362,30 @@ cdef class _RuleState:
         return budget
 
     def _settle(self, ExecutionBudget budget, exc, tuple transient, int64_t attempt):
-        """After an attempt: 0 returned, 1 retry after backoff_s, 2 "deny" (raise exc,
-        audit), 3 "fallback" (audit), 4 fn's own error (raise exc; audit when late)."""
+        """After an attempt: its fastpath._outcome.Verdict (OK, RETRY after
+        backoff_s, DENY, FALLBACK or ERROR), counted."""
         cdef int i
         if exc is None:
             self.histogram.record_c(budget._stop_ns - budget._start_ns)
-            return 0
-        if budget._raised:
+            return VERDICT_OK
+        if budget._ending >= END_EXPIRED:
             self.histogram.record_c(budget._stop_ns - budget._start_ns)
             for i in range(budget._violation_count):
                 self.violations[budget._violation_order[i]] += 1
             if self.constraints._fail_closed:
                 self.fail_closed += 1
-                return 2
+                return VERDICT_DENY
             self.fail_open += 1
-            return 3
+            return VERDICT_FALLBACK
         if (attempt < self.max_attempts and isinstance(exc, transient)
                 and budget.remaining_ns_c() >= self.backoff_ns):
             self.retries += 1
-            return 1
+            return VERDICT_RETRY
         self.errors += 1
         self.histogram.record_c(budget._stop_ns - budget._start_ns)
         for i in range(budget._violation_count):
             self.violations[budget._violation_order[i]] += 1
-        return 4
+        return VERDICT_ERROR
 
     @property
     def backoff_s(self):
@@ -1483,7 +1484,7 @@ cdef class _EnforcerCore:
             try:
                 result = budget.run_c(fn, args, nargs, kwnames, rule.preempt)
             except BaseException as exc:
-                if budget._raised:
+                if budget._ending >= END_EXPIRED:
                     # This budget's own violation: count it, audit it, apply the policy.
                     _rule_ended(self, rule, budget, token, 0)
                     for i in range(budget._violation_count):
@@ -1510,7 +1511,7 @@ cdef class _EnforcerCore:
                     for i in range(budget._violation_count):
                         rule.violations[budget._violation_order[i]] += 1
                     self._audit(rule, rule_id, fn,
-                                budget._violation(-1, False, None), "error")
+                                budget._violation(-1, END_RAISED, -1), "error")
                 raise
             _rule_ended(self, rule, budget, token, 0)
             return result

@@ -31,6 +31,8 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Generator, Li
                     Mapping, Optional, ParamSpec, Tuple, TypeVar)
 
 from . import _config
+from ._outcome import Ending, Verdict
+from ._outcome import violation as _outcome_violation
 from ._critical import thread_is_critical, track_collections
 from ._flow import current_flow
 from ._histogram_py import LatencyHistogram
@@ -62,7 +64,6 @@ _KINDS = (
 )
 _CHECK_ORDER = (TIMEOUT, MEMORY, CPU)
 NEVER = sys.maxsize * 2 + 1  # > any monotonic ns reading
-DELIVERY_SLACK_NS = 2_000_000  # see _stopped_in_time
 WATCHDOG_TICK_S = 0.0005
 MAX_NESTING = 128  # nested enforce() calls per thread (as in the compiled core)
 
@@ -642,7 +643,7 @@ class ExecutionBudget:
         "_preempt",
         "_gen",
         "_cpu_start",
-        "_raised",
+        "_ending",
         "_scope",
     )
 
@@ -659,7 +660,7 @@ class ExecutionBudget:
         self._violations: List[int] = []
         self._gen = 0
         self._cpu_start = 0
-        self._raised = False
+        self._ending = Ending.NOT_ENDED
         self._scope: Any = None
         self._start_ns = _now_ns()
         self._deadline_ns = self._start_ns + constraints._max_exec_ns
@@ -721,7 +722,7 @@ class ExecutionBudget:
         mask = self._limits_mask(self._now_or_stop(), self._cpu_total_now())
         self._record_mask(mask)
         if mask:
-            raise self._violation(mask, False, None)
+            raise self._violation(mask, Ending.CHECKED, None)
 
     def charge_memory(self, nbytes: int) -> None:
         """Add memory the caller accounts for itself (e.g. a sandbox's memory)."""
@@ -743,16 +744,12 @@ class ExecutionBudget:
             violations=self._violations,
         )
 
-    def _violation(
-        self, mask: int, interrupted: bool, interruptible: Optional[bool]
-    ) -> ConstraintViolation:
+    def _violation(self, mask: int, ending: Ending, due: Optional[int]) -> ConstraintViolation:
+        """The violation of the kinds in mask, for a call that ended as `ending`
+        (recorded in _ending); due: when an interrupt fell due, or None."""
         kinds = [_KINDS[k] for k in self._violations if mask & (1 << k)]
-        return ConstraintViolation(
-            kinds,  # type: ignore[arg-type]
-            self.stats(),
-            interrupted=interrupted,
-            interruptible=interruptible,
-        )
+        self._ending = ending
+        return _outcome_violation(kinds, self.stats(), ending, self._stop_ns, due)
 
     def enforce(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run fn(*args, **kwargs) under this budget and return its value.
@@ -806,7 +803,7 @@ class ExecutionBudget:
         if now >= self._deadline_ns:
             self._stop_ns = now
             self._record_mask(1 << TIMEOUT)
-            raise self._violation(1 << TIMEOUT, False, None)
+            raise self._violation(1 << TIMEOUT, Ending.EXPIRED, None)
         self._stop_ns = 0
         _async_scopes += 1
         return ((self._deadline_ns - now) / 1e9,
@@ -818,14 +815,15 @@ class ExecutionBudget:
         self._stop_ns = _now_ns()
         mask = self._limits_mask(self._stop_ns, self._cpu_ns) | (timed_out << TIMEOUT)
         self._record_mask(mask)
+        if timed_out:
+            raise self._violation(mask, Ending.INTERRUPTED, self._deadline_ns)
         if mask:
-            raise self._violation(mask, timed_out, _stopped_in_time(
-                self._stop_ns, self._deadline_ns) if timed_out else None)
+            raise self._violation(mask, Ending.LATE, None)
 
     def _late_violation(self) -> ConstraintViolation:
         """The violation recorded so far, not raised (audit of a late call that
         raised its own error)."""
-        return self._violation(-1, False, None)
+        return self._violation(-1, Ending.RAISED, None)
 
     def _raise_timeout(self) -> None:
         """Stop the running call of this budget as its deadline would (for code
@@ -846,7 +844,7 @@ class ExecutionBudget:
             # an `async with` scope (no armed call): the violation itself
             self._stop_ns = _now_ns()
             self._record_mask(1 << k)
-            raise self._violation(1 << k, True, True)
+            raise self._violation(1 << k, Ending.INTERRUPTED, self._stop_ns)
         slot.fire_kind = k
         slot.fire_ns = self._deadline_ns if k == TIMEOUT else _now_ns()
         slot.fire_gen = self._gen
@@ -858,13 +856,12 @@ class ExecutionBudget:
         current: the budget is the thread's current one meanwhile; step: a
         coroutine step (a limit found at a suspension is the caller's to act on)."""
         c = self._constraints
-        self._raised = False
+        self._ending = Ending.NOT_ENDED
         fn_start = _now_ns()
         if first and fn_start >= self._deadline_ns:
             self._stop_ns = fn_start
             self._record_mask(1 << TIMEOUT)
-            self._raised = True
-            raise self._violation(1 << TIMEOUT, False, None)
+            raise self._violation(1 << TIMEOUT, Ending.EXPIRED, None)
         slot = _slot()
         if slot.depth >= MAX_NESTING:
             raise RecursionError(
@@ -921,6 +918,7 @@ class ExecutionBudget:
             if fired:
                 _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
             mask = self._finish(fn_start, outer)
+            self._ending = Ending.RAISED
             if isinstance(exc, ExecutionInterrupted):
                 if not fired:
                     raise  # meant for an enclosing enforce() on this thread
@@ -928,15 +926,12 @@ class ExecutionBudget:
                     self._record_mask(1 << slot.fire_kind)
                     mask |= 1 << slot.fire_kind
                 due = interrupt_at if slot.fire_kind == TIMEOUT else slot.fire_ns
-                self._raised = True
                 # the interrupt stays as __context__, as in the compiled core
-                raise self._violation(  # noqa: B904
-                    mask, True, _stopped_in_time(self._stop_ns, due))
-            if step and isinstance(exc, StopIteration) and mask:
-                # the coroutine returned over a limit
-                self._raised = True
-                raise self._violation(mask, False, self._returned_late(  # noqa: B904
-                    slot, gen, mask, stop_it, interrupt_at, fired))
+                raise self._violation(mask, Ending.INTERRUPTED, due)  # noqa: B904
+            if step and isinstance(exc, StopIteration):
+                self._ending = Ending.RETURNED      # the coroutine returned
+                if mask:        # over a limit
+                    raise self._late(slot, mask, stop_it, interrupt_at, fired)  # noqa: B904
             raise
         if slot.depth == depth and gen > slot.reset_gen:
             slot.armed_gen, slot.interrupt_at, slot.current = saved
@@ -951,15 +946,15 @@ class ExecutionBudget:
             _set_async_exc(slot.ident, _CLEAR)
         mask = self._finish(fn_start, outer)
         if mask and (not step or (stop_it and mask != 1 << TIMEOUT)):
-            self._raised = True
-            raise self._violation(mask, False, self._returned_late(
-                slot, gen, mask, stop_it, interrupt_at, fired))
+            raise self._late(slot, mask, stop_it, interrupt_at, fired)
+        if not step:    # (a coroutine step that suspended has not ended the call)
+            self._ending = Ending.RETURNED
         return result
 
-    def _returned_late(self, slot: _Slot, gen: int, mask: int, stop_it: bool,
-                       interrupt_at: int, fired: bool) -> Optional[bool]:
-        """interruptible for a call that came back by itself over a limit:
-        judged from when an interrupt fell due (None: none was due)."""
+    def _late(self, slot: _Slot, mask: int, stop_it: bool, interrupt_at: int,
+              fired: bool) -> ConstraintViolation:
+        """The violation of a call (or coroutine step) that came back by itself
+        over the limits in mask, with when an interrupt fell due (None: none was)."""
         due = NEVER
         if self._stop_ns >= interrupt_at:
             due = interrupt_at
@@ -969,7 +964,7 @@ class ExecutionBudget:
                 due = min(due, slot.fire_ns)
             else:
                 due = min(due, self._stop_ns - (self._cpu_ns - allowance))
-        return None if due == NEVER else _stopped_in_time(self._stop_ns, due)
+        return self._violation(mask, Ending.LATE, None if due == NEVER else due)
 
     def _finish(self, fn_start: int, outer: Tuple[int, int]) -> int:
         end = _now_ns()
@@ -1038,7 +1033,7 @@ class _SyncScope:
         if now >= budget._deadline_ns:
             budget._stop_ns = now
             budget._record_mask(1 << TIMEOUT)
-            raise budget._violation(1 << TIMEOUT, False, None)
+            raise budget._violation(1 << TIMEOUT, Ending.EXPIRED, None)
         slot = _slot()
         if slot.depth >= MAX_NESTING:
             raise RecursionError("fastpath: enforce() nested too deeply on this thread")
@@ -1087,15 +1082,15 @@ class _SyncScope:
         if fired:
             _set_async_exc(slot.ident, _CLEAR)
         mask = budget._finish(self.fn_start, self.outer)
+        budget._ending = Ending.RETURNED if exc is None else Ending.RAISED
         if isinstance(exc, ExecutionInterrupted) and fired:
             if slot.fire_kind and not mask & (1 << slot.fire_kind):
                 budget._record_mask(1 << slot.fire_kind)
                 mask |= 1 << slot.fire_kind
             due = self.interrupt_at if slot.fire_kind == TIMEOUT else slot.fire_ns
-            raise budget._violation(mask, True, _stopped_in_time(budget._stop_ns, due))
+            raise budget._violation(mask, Ending.INTERRUPTED, due)
         if exc is None and mask:
-            raise budget._violation(mask, False, budget._returned_late(
-                slot, gen, mask, self.stop_it, self.interrupt_at, fired))
+            raise budget._late(slot, mask, self.stop_it, self.interrupt_at, fired)
 
 
 class _Steps:
@@ -1182,9 +1177,7 @@ class _Steps:
             raise cause             # also cancelled from outside: that wins
         budget._stop_ns = _now_ns()
         budget._record_mask(1 << TIMEOUT)
-        budget._raised = True
-        raise budget._violation(1 << TIMEOUT, True, _stopped_in_time(
-            budget._stop_ns, budget._deadline_ns)) from cause
+        raise budget._violation(1 << TIMEOUT, Ending.INTERRUPTED, budget._deadline_ns) from cause
 
 
 async def _run_steps(steps: "_Steps") -> Any:
@@ -1298,31 +1291,31 @@ class _RuleState:
 
     def _settle(self, budget: "ExecutionBudget", exc: Optional[BaseException],
                 transient: Tuple[type, ...], attempt: int) -> int:
-        """After an attempt: 0 returned, 1 retry after backoff_s, 2 "deny" (raise exc,
-        audit), 3 "fallback" (audit), 4 fn's own error (raise exc; audit when late)."""
+        """After an attempt: its fastpath._outcome.Verdict (OK, RETRY after
+        backoff_s, DENY, FALLBACK or ERROR), counted."""
         elapsed = budget._stop_ns - budget._start_ns
         if exc is None:
             self.histogram.record(elapsed)
-            return 0
+            return Verdict.OK
         with _counter_lock:
-            if budget._raised:
+            if budget._ending >= Ending.EXPIRED:
                 for kind in budget._violations:
                     self.violations[kind] += 1
                 if self.constraints.fail_closed_on_timeout:
                     self.fail_closed += 1
-                    outcome = 2
+                    outcome = Verdict.DENY
                 else:
                     self.fail_open += 1
-                    outcome = 3
+                    outcome = Verdict.FALLBACK
             elif (attempt < self.max_attempts and isinstance(exc, transient)
                     and budget.remaining_ms() / 1000 >= self.backoff_s):
                 self.retries += 1
-                return 1
+                return Verdict.RETRY
             else:
                 self.errors += 1
                 for kind in budget._violations:
                     self.violations[kind] += 1
-                outcome = 4
+                outcome = Verdict.ERROR
         self.histogram.record(elapsed)
         return outcome
 
@@ -1463,7 +1456,7 @@ class _EnforcerCore:
             try:
                 result = budget._run(fn, args, kwargs, rule.preempt)
             except BaseException as exc:
-                if budget._raised:
+                if budget._ending >= Ending.EXPIRED:   # this budget's own violation
                     self._ended(rule, budget, token, 0)
                     with self._counter_lock:
                         for kind in budget._violations:
@@ -1491,7 +1484,7 @@ class _EnforcerCore:
                         rule.violations[kind] += 1
                 self._ended(rule, budget, token, 1 if isinstance(exc, Exception) else -1)
                 if budget._violations:
-                    self._audit(rule, rule_id, fn, budget._violation(-1, False, None), "error")
+                    self._audit(rule, rule_id, fn, budget._late_violation(), "error")
                 raise
             self._ended(rule, budget, token, 0)
             if _is_awaitable(result):
@@ -1504,12 +1497,6 @@ def _quota_class() -> type:
     from ._quota_py import Quota
 
     return Quota
-
-
-def _stopped_in_time(end: int, due: int) -> bool:
-    """Did the call stop soon after its interrupt was due (at an eval-breaker
-    check), rather than when a blocking C call finally returned?"""
-    return end - due <= DELIVERY_SLACK_NS + int(sys.getswitchinterval() * 1e9)
 
 
 from ._rules_py import _Adaptive, _Breaker, Rule, _rule_feed, _rule_refused  # noqa: E402

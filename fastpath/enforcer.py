@@ -26,6 +26,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Literal, Mapp
 from . import _config, rules as _rules
 from ._flow import Flow, current_flow
 from ._impl import core as _core
+from ._outcome import AUDIT_OUTCOME, Verdict
 from .audit import AuditLogSink, RuleAuditCounts, check_rate, describe_event, limit_fields
 from .errors import (
     ConstraintViolation,
@@ -460,26 +461,26 @@ class _EnforcerAPI:
             try:
                 result = await budget.enforce_async(fn, *args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - classified by the core
-                outcome = rule._settle(budget, exc, self._transient, attempt)
-                if outcome != 1:
-                    self._feed(rule, budget, token,
-                               0 if outcome in (2, 3) else 1 if isinstance(exc, Exception)
-                               else -1)
-                if outcome == 1:
+                verdict = rule._settle(budget, exc, self._transient, attempt)
+                if verdict == Verdict.RETRY:
                     attempt += 1
                     if rule.backoff_s:
                         import asyncio
 
                         await asyncio.sleep(rule.backoff_s)
                     continue
-                if outcome == 2:
-                    self._audit(rule, rule_id, fn, exc, "deny")  # type: ignore[arg-type]
+                self._feed(rule, budget, token,
+                           0 if verdict != Verdict.ERROR else 1 if isinstance(exc, Exception)
+                           else -1)
+                if verdict == Verdict.DENY:
+                    self._audit(rule, rule_id, fn, exc, AUDIT_OUTCOME[verdict])  # type: ignore[arg-type]
                     raise
-                if outcome == 3:
-                    self._audit(rule, rule_id, fn, exc, "fallback")  # type: ignore[arg-type]
+                if verdict == Verdict.FALLBACK:
+                    self._audit(rule, rule_id, fn, exc, AUDIT_OUTCOME[verdict])  # type: ignore[arg-type]
                     return rule.fallback
                 if budget.get_violations():
-                    self._audit(rule, rule_id, fn, budget._late_violation(), "error")
+                    self._audit(rule, rule_id, fn, budget._late_violation(),
+                                AUDIT_OUTCOME[verdict])
                 raise
             rule._settle(budget, None, self._transient, attempt)
             self._feed(rule, budget, token, 0)
