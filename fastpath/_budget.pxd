@@ -205,10 +205,6 @@ cdef class _EnforcerCore:
     # The pipeline of one call: sampling, budget, run, retries, policy.
     cdef object _pipeline(self, _RuleState rule, object rule_id, object fn, PyObject **args,
                           Py_ssize_t nargs, PyObject *kwnames)
-    # The attempts of one admitted call under its budget: run, retries, policy.
-    cdef object _attempts(self, _RuleState rule, object rule_id, object fn,
-                          ExecutionBudget budget, int64_t token, PyObject **args,
-                          Py_ssize_t nargs, PyObject *kwnames)
     cdef _RuleState _rule_for(self, object rule_type)
 
 

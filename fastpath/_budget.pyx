@@ -5,8 +5,9 @@
 # path and shares its logic with the pure-Python twin through fastpath._config.
 cimport cython
 from cpython.contextvars cimport get_value as _contextvar_get
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject, destructor
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 import atexit as _atexit
@@ -18,7 +19,7 @@ import threading as _threading
 from fastpath import _config, _critical, _outcome
 from fastpath import _flow
 from fastpath._histogram cimport LatencyHistogram
-from fastpath._quota cimport Quota
+from fastpath._quota cimport Quota, quota_admit
 from fastpath.errors import (
     ConstraintViolationType,
     EnforcementFailure,
@@ -412,7 +413,12 @@ Limits for one rule evaluation: immutable, hashable, picklable.
 
 cdef inline int _nest_deadline(ExecutionBudget budget) except -1:
     # A budget created while another is current never outlives it.
-    cdef object cur = _current_budget()
+    cdef fp_slot *slot = fp_tls_slot
+    cdef object cur
+    if (_async_scopes == 0 and (slot == NULL or (slot.current == NULL
+                                                 and slot.step_current == NULL))):
+        return 0        # nothing is current (what _current_budget() would find)
+    cur = _current_budget()
     if cur is not None and (<ExecutionBudget>cur)._deadline_ns < budget._deadline_ns:
         budget._deadline_ns = (<ExecutionBudget>cur)._deadline_ns
     return 0
@@ -623,9 +629,7 @@ The running limits of one evaluation; its clock starts when it is created.
         self._deadline_ns = fp_sat_add(self._start_ns, self._constraints._max_exec_ns)
         _nest_deadline(self)
 
-    def __dealloc__(self):
-        if self._mem_rec:
-            fp_mem_release(self._mem_rec)     # its blocks stop counting for it
+    # (No __dealloc__: _budget_dealloc below releases the memory record.)
 
     def __reduce__(self):
         raise _config.not_a_value(self)       # pickle, copy.copy and copy.deepcopy
@@ -760,17 +764,7 @@ The running limits of one evaluation; its clock starts when it is created.
     # -- the per-call path (enforce() is installed below as a fastcall method) --
     cdef object run_c(self, object fn, PyObject **args, Py_ssize_t nargs, PyObject *kwnames,
                       bint preempt):
-        cdef _Call k
-        cdef object result
-        _begin_call(self, &k, preempt, True)
-        try:
-            result = fp_run_call(k.slot, &k.saved, k.gen, k.mem_on, &k.mem_out, fn, args, nargs,
-                                 kwnames)
-        except BaseException as exc:
-            _call_failed(self, &k, exc)
-            raise
-        _call_returned(self, &k, fn, result)
-        return result
+        return _run(self, fn, args, nargs, kwnames, preempt)
 
     def enforce_async(self, fn, /, *args, **kwargs):
         """Run the coroutine fn(*args, **kwargs) under this budget; await the result.
@@ -884,6 +878,23 @@ cdef struct _Call:
     int fired
     bint stop_it
     bint mem_on
+
+
+cdef inline object _run(ExecutionBudget self, object fn, PyObject **args, Py_ssize_t nargs,
+                        PyObject *kwnames, bint preempt):
+    # One armed call of fn(*args) under self: run_c, and the rule pipeline's
+    # attempts (inlined there: no call of its own on the per-call path).
+    cdef _Call k
+    cdef object result
+    _begin_call(self, &k, preempt, True)
+    try:
+        result = fp_run_call(k.slot, &k.saved, k.gen, k.mem_on, &k.mem_out, fn, args, nargs,
+                             kwnames)
+    except BaseException as exc:
+        _call_failed(self, &k, exc)
+        raise
+    _call_returned(self, &k, fn, result)
+    return result
 
 
 cdef int _begin_call(ExecutionBudget self, _Call *k, bint preempt, bint check_expired,
@@ -1268,6 +1279,30 @@ cdef const char *_ENFORCE_DOC = (
 fp_install_fastcall(ExecutionBudget, "enforce", _enforce_fastcall, _ENFORCE_DOC)
 
 
+# A budget's destructor.  A Cython __dealloc__ is wrapped in PyErr_Fetch /
+# PyErr_Restore (it may run Python code while an exception is pending): about
+# 50 instructions per budget, paid by every execute_with_constraints call.
+# Releasing the memory record is plain C that cannot raise, so it runs in a
+# tp_dealloc of its own, before the one Cython generated.
+cdef extern from *:
+    """
+    #define FP_BUDGET_MEM_REC(o) \
+        (((struct __pyx_obj_8fastpath_7_budget_ExecutionBudget *)(o))->_mem_rec)
+    """
+    uint32_t FP_BUDGET_MEM_REC(PyObject *o) noexcept
+
+cdef destructor _budget_dealloc_generated = (<PyTypeObject *>ExecutionBudget).tp_dealloc
+
+
+cdef void _budget_dealloc(PyObject *o) noexcept:
+    cdef uint32_t rec = FP_BUDGET_MEM_REC(o)
+    if rec:
+        fp_mem_release(rec)         # its blocks stop counting for it
+    _budget_dealloc_generated(o)
+
+(<PyTypeObject *>ExecutionBudget).tp_dealloc = _budget_dealloc
+
+
 # ------------------------------------------------------------------ the enforcer
 
 include "_rules.pxi"
@@ -1421,12 +1456,14 @@ cdef class _EnforcerCore:
         return self._rule_for(rule_type)
 
     cdef _RuleState _rule_for(self, object rule_type):
-        cdef _RuleState rule
+        cdef Py_ssize_t i
+        cdef PyObject *rule
         if type(rule_type) is _RuleState:
             return <_RuleState>rule_type         # a registered rule's own state
-        for rule in self._rules:
-            if rule.key is rule_type:
-                return rule
+        for i in range(PyTuple_GET_SIZE(self._rules)):
+            rule = PyTuple_GET_ITEM(self._rules, i)      # borrowed: no reference counting
+            if (<_RuleState>rule).key is rule_type:
+                return <_RuleState>rule
         raise InvalidConfiguration(f"rule_type must be a RuleType, got {rule_type!r}")
 
     def _audit(self, rule_type, rule_id, fn, violation, outcome):
@@ -1470,51 +1507,53 @@ cdef class _EnforcerCore:
         if rule.quota is not None:
             return _quota_pipeline(self, rule, rule_id, fn, token, args, nargs, kwnames)
         rule.executed += 1
-        return self._attempts(rule, rule_id, fn, c.create_budget_c(), token, args, nargs,
-                              kwnames)
+        return _attempts(self, rule, rule_id, fn, c.create_budget_c(), token, args, nargs,
+                         kwnames)
 
-    cdef object _attempts(self, _RuleState rule, object rule_id, object fn,
-                          ExecutionBudget budget, int64_t token, PyObject **args,
-                          Py_ssize_t nargs, PyObject *kwnames):
-        cdef ExecutionConstraints c = rule.constraints
-        cdef int64_t attempt = 1
-        cdef object result
-        cdef int i
-        while True:
-            try:
-                result = budget.run_c(fn, args, nargs, kwnames, rule.preempt)
-            except BaseException as exc:
-                if budget._ending >= END_EXPIRED:
-                    # This budget's own violation: count it, audit it, apply the policy.
-                    _rule_ended(self, rule, budget, token, 0)
-                    for i in range(budget._violation_count):
-                        rule.violations[budget._violation_order[i]] += 1
-                    if c._fail_closed:
-                        rule.fail_closed += 1
-                        self._audit(rule, rule_id, fn, exc, "deny")
-                        raise
-                    rule.fail_open += 1
-                    self._audit(rule, rule_id, fn, exc, "fallback")
-                    return rule.fallback
-                if _will_retry(self, rule, budget, attempt, exc):
-                    # Transient: retry inside the same budget, if it can cover the delay.
-                    attempt += 1
-                    rule.retries += 1
-                    if rule.backoff_ns:
-                        self._sleep(rule.backoff_ns / 1e9)
-                    continue
-                rule.errors += 1
-                _rule_ended(self, rule, budget, token, 1 if isinstance(exc, Exception) else -1)
-                if budget._violation_count:
-                    # Late and then failed: fn's exception propagates, the
-                    # violation is still counted and audited.
-                    for i in range(budget._violation_count):
-                        rule.violations[budget._violation_order[i]] += 1
-                    self._audit(rule, rule_id, fn,
-                                budget._violation(-1, END_RAISED, -1), "error")
-                raise
-            _rule_ended(self, rule, budget, token, 0)
-            return result
+
+cdef inline object _attempts(_EnforcerCore self, _RuleState rule, object rule_id, object fn,
+                             ExecutionBudget budget, int64_t token, PyObject **args,
+                             Py_ssize_t nargs, PyObject *kwnames):
+    # The attempts of one admitted call under its budget: run, retries, policy.
+    cdef ExecutionConstraints c = rule.constraints
+    cdef int64_t attempt = 1
+    cdef object result
+    cdef int i
+    while True:
+        try:
+            result = _run(budget, fn, args, nargs, kwnames, rule.preempt)
+        except BaseException as exc:
+            if budget._ending >= END_EXPIRED:
+                # This budget's own violation: count it, audit it, apply the policy.
+                _rule_ended(self, rule, budget, token, 0)
+                for i in range(budget._violation_count):
+                    rule.violations[budget._violation_order[i]] += 1
+                if c._fail_closed:
+                    rule.fail_closed += 1
+                    self._audit(rule, rule_id, fn, exc, "deny")
+                    raise
+                rule.fail_open += 1
+                self._audit(rule, rule_id, fn, exc, "fallback")
+                return rule.fallback
+            if _will_retry(self, rule, budget, attempt, exc):
+                # Transient: retry inside the same budget, if it can cover the delay.
+                attempt += 1
+                rule.retries += 1
+                if rule.backoff_ns:
+                    self._sleep(rule.backoff_ns / 1e9)
+                continue
+            rule.errors += 1
+            _rule_ended(self, rule, budget, token, 1 if isinstance(exc, Exception) else -1)
+            if budget._violation_count:
+                # Late and then failed: fn's exception propagates, the
+                # violation is still counted and audited.
+                for i in range(budget._violation_count):
+                    rule.violations[budget._violation_order[i]] += 1
+                self._audit(rule, rule_id, fn,
+                            budget._violation(-1, END_RAISED, -1), "error")
+            raise
+        _rule_ended(self, rule, budget, token, 0)
+        return result
 
 
 cdef object _current_flow = _flow.current_flow     # the ContextVar, bound once
@@ -1530,7 +1569,7 @@ cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id,
     cdef object key = _contextvar_get(_current_flow, None)
     cdef ExecutionBudget budget = rule.constraints.create_budget_c()   # its clock read: now
     cdef int64_t cpu0 = 0
-    cdef int admitted = quota.admit_c(key, budget._start_ns)
+    cdef int admitted = quota_admit(quota, key, budget._start_ns)
     if not admitted:
         rule._release_token(token)          # a half-open probe that will not run
         rule.quota_refused += 1
@@ -1543,9 +1582,9 @@ cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id,
     if quota.tracks_cpu:
         cpu0 = fp_thread_cpu_ns()
     if not quota.debits:
-        return core._attempts(rule, rule_id, fn, budget, token, args, nargs, kwnames)
+        return _attempts(core, rule, rule_id, fn, budget, token, args, nargs, kwnames)
     try:
-        return core._attempts(rule, rule_id, fn, budget, token, args, nargs, kwnames)
+        return _attempts(core, rule, rule_id, fn, budget, token, args, nargs, kwnames)
     finally:
         quota.debit_c(key, fp_thread_cpu_ns() - cpu0 if quota.tracks_cpu else 0,
                       budget._now_or_stop() - budget._start_ns, budget._now_or_stop())

@@ -31,7 +31,6 @@ cdef class LocalQuotaStore:
     # Charge a finished call's measured CPU and wall time (ms); never refuses.
     cdef int debit_c(self, object key, double cpu_ms, double wall_ms, int64_t now_ns) except -1
     cdef _Bucket _bucket(self, object key, int64_t now_ns)
-    cdef void _refill(self, _Bucket bucket, int64_t now_ns) noexcept
 
 
 @cython.final
@@ -74,3 +73,45 @@ cdef class Quota:
     cdef int admit_c(self, object key, int64_t now_ns) except -1
     # Debit a finished call: measured CPU and wall time in ns.
     cdef int debit_c(self, object key, int64_t cpu_ns, int64_t wall_ns, int64_t now_ns) except -1
+
+
+# -- the per-call admission, inlined into the enforcer's pipeline -----------------
+
+cdef inline void quota_refill(Quota q, _Bucket bucket, int64_t now_ns) noexcept:
+    # Add what q refilled into bucket since it was last refilled (capped at burst).
+    cdef int64_t dt = now_ns - bucket.last_ns
+    cdef int i
+    if dt <= 0:
+        return      # same instant, or two clocks a hair apart: nothing to add
+    bucket.last_ns = now_ns
+    for i in range(3):
+        if q._mask & (1 << i) and bucket.level[i] < q._cap[i]:
+            bucket.level[i] += q._rate[i] * dt
+            if bucket.level[i] > q._cap[i]:
+                bucket.level[i] = q._cap[i]
+
+
+cdef inline int quota_take(Quota q, _Bucket b) noexcept:
+    # Admit one call from a refilled bucket: 1 (one call taken) or 0 (refused,
+    # nothing taken: a resource is at or below zero, or less than a call is left).
+    cdef int mask = q._mask
+    if ((mask & 1 and b.level[0] < 1.0) or (mask & 2 and b.level[1] <= 0.0)
+            or (mask & 4 and b.level[2] <= 0.0)):
+        b.refused += 1
+        return 0
+    if mask & 1:
+        b.level[0] -= 1.0
+    b.admitted += 1
+    return 1
+
+
+cdef inline int quota_admit(Quota q, object key, int64_t now_ns) except -1:
+    # Quota.admit_c, with a local store's usual case (the flow key of the last
+    # call again) done here: no call, no hashing, no dict lookup.
+    cdef LocalQuotaStore store = q._local
+    cdef _Bucket bucket
+    if store is not None and key is store._last_key and store._last_bucket is not None:
+        bucket = store._last_bucket
+        quota_refill(q, bucket, now_ns)
+        return quota_take(q, bucket)
+    return q.admit_c(key, now_ns)

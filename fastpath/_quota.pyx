@@ -45,31 +45,18 @@ cdef class LocalQuotaStore:
         self._buckets = {}
         self._prune_at = 1024
 
-    cdef void _refill(self, _Bucket bucket, int64_t now_ns) noexcept:
-        cdef Quota q = self._quota
-        cdef int64_t dt = now_ns - bucket.last_ns
-        cdef int i
-        if dt <= 0:
-            return      # same instant, or two clocks a hair apart: nothing to add
-        bucket.last_ns = now_ns
-        for i in range(3):
-            if q._mask & (1 << i) and bucket.level[i] < q._cap[i]:
-                bucket.level[i] += q._rate[i] * dt
-                if bucket.level[i] > q._cap[i]:
-                    bucket.level[i] = q._cap[i]
-
     cdef _Bucket _bucket(self, object key, int64_t now_ns):
         cdef object found
         cdef _Bucket bucket
         cdef int i
         if key is self._last_key and self._last_bucket is not None:
             bucket = self._last_bucket      # the same object again: no hashing, no lookup
-            self._refill(bucket, now_ns)
+            quota_refill(self._quota, bucket, now_ns)
             return bucket
         found = self._buckets.get(key)
         if found is not None:
             bucket = <_Bucket>found
-            self._refill(bucket, now_ns)
+            quota_refill(self._quota, bucket, now_ns)
             self._last_key = key
             self._last_bucket = bucket
             return bucket
@@ -87,16 +74,7 @@ cdef class LocalQuotaStore:
         return bucket
 
     cdef int admit_c(self, object key, int64_t now_ns) except -1:
-        cdef _Bucket b = self._bucket(key, now_ns)
-        cdef int mask = self._quota._mask
-        if ((mask & 1 and b.level[0] < 1.0) or (mask & 2 and b.level[1] <= 0.0)
-                or (mask & 4 and b.level[2] <= 0.0)):
-            b.refused += 1
-            return 0
-        if mask & 1:
-            b.level[0] -= 1.0
-        b.admitted += 1
-        return 1
+        return quota_take(self._quota, self._bucket(key, now_ns))
 
     cdef int debit_c(self, object key, double cpu_ms, double wall_ms, int64_t now_ns) except -1:
         cdef _Bucket b = self._bucket(key, now_ns)
@@ -117,7 +95,7 @@ cdef class LocalQuotaStore:
         self._last_key = self._last_bucket = None
         for key, value in self._buckets.items():
             b = <_Bucket>value
-            self._refill(b, now_ns)
+            quota_refill(self._quota, b, now_ns)
             full = True
             for i in range(3):
                 if self._quota._mask & (1 << i) and b.level[i] < self._quota._cap[i]:
