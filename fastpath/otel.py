@@ -11,11 +11,16 @@
   only violated calls produce.  Its start and end are the call's (from the
   event's time and its measured elapsed time) and its parent is the caller's
   current span.
-* ``spans="all"`` wraps the enforcer's ``execute_with_constraints`` and
-  ``_execute_as`` in a wrapper that starts a span around each call and makes
-  it current while the rule runs (spans the rule starts are its children), and
-  points the ``@enforcer.constrained`` functions' wrappers at it.  That costs what the
-  OpenTelemetry SDK costs per span (see the README's "Observability").
+* ``spans="all"`` wraps the enforcer's ``execute_with_constraints``,
+  ``_execute_as`` and ``_run_async_state`` in wrappers that start a span around
+  each call and make it current while the rule runs (spans the rule starts are
+  its children; for a coroutine, in its task across its awaits), and points the
+  ``@enforcer.constrained`` functions' wrappers at them.  That covers
+  ``execute_async``, registered rules' ``run_for`` / ``run_async`` and
+  decorated registered rule ids; calling a registered ``Rule`` directly is one
+  vectorcall into the core with no Python step to wrap (its violated calls get
+  spans from the audit hook).  That costs what the OpenTelemetry SDK costs per
+  span (see the README's "Observability").
 * ``spans="none"``: only the observable instruments.
 * The instruments are observable (asynchronous): the SDK reads the enforcer's
   counters when it collects, never on the per-call path.
