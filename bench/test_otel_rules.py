@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from _support import f, measure
 from test_enforcer import _otel_providers
+from test_rules import _rule_row
 
 N = 200
 
@@ -37,27 +37,10 @@ def _instrumented(enforcer, spans):
 
 @pytest.mark.parametrize("spans", [None, "violations"])
 def test_rule_call_otel(benchmark, fp, spans):
-    """``rule(f)`` of a registered FAST rule, with ``spans="violations"`` or not."""
-    enforcer = fp.ConstraintEnforcer(audit_sink=lambda event: None)
-    rule = enforcer.rule("bench", fp.RuleType.FAST)
-    close = _instrumented(enforcer, spans) if spans else (lambda: None)
-    violation = fp.ConstraintViolation
-    denied = [0]
-
-    def call_rule():
-        try:
-            return rule(f)
-        except violation:
-            denied[0] += 1
-
-    for _ in range(1000):       # warm up (the first call starts the watchdog)
-        call_rule()
-    try:
-        measure(benchmark, "otel_rules", f"rule_otel_{spans or 'off'}", fp.kind, call_rule,
-                minus="call_f")
-    finally:
-        close()
-    benchmark.extra_info.update(denied=denied[0])
+    """``rule(f)`` of a registered FAST rule, with ``spans="violations"`` or not
+    (the same row as test_rules.py's, measured in this group)."""
+    prepare = (lambda enforcer: _instrumented(enforcer, spans)) if spans else None
+    _rule_row(benchmark, fp, f"rule_otel_{spans or 'off'}", prepare=prepare)
 
 
 async def af() -> None:
