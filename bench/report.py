@@ -234,9 +234,9 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
                 x <= 1.5, x)
     add("15", "same workload inside an active memory-limited budget", memory_row, "≤ 1.5×")
 
-    def unchanged(key: str):
+    def unchanged(key: str, base_key: str = "execute"):
         def compute():
-            base = r.ns("execute", "compiled")
+            base = r.ns(base_key, "compiled")
             observed = r.ns(key, "compiled")
             x = observed / base
             return (f"{fmt_x(x)} ({fmt_ns(observed)} vs {fmt_ns(base)} uninstrumented)",
@@ -246,6 +246,14 @@ def goals(r: Results, extras: dict[str, Any]) -> tuple[list[Goal], list[Goal]]:
         unchanged("execute_prometheus"), "≤ 1.05× uninstrumented")
     add("17", "same, after `fastpath.otel.instrument(enforcer, spans=\"violations\")`",
         unchanged("execute_otel_violations"), "≤ 1.05× uninstrumented")
+
+    add("23a", "registered `rule(f)` (FAST) after `otel.instrument(enforcer, "
+        "spans=\"violations\")`", unchanged("rule_otel_violations", "rule_otel_off"),
+        "≤ 1.05× uninstrumented")
+    add("23b", "`await execute_async(FAST, af)` after `otel.instrument(enforcer, "
+        "spans=\"violations\")`",
+        unchanged("execute_async_otel_violations", "execute_async_otel_off"),
+        "≤ 1.05× uninstrumented")
 
     add("19", "registered `rule(f)` (FAST) − `f()`",
         vs_f("rule", "compiled", 10, overhead=True), "≤ 10× f()")
@@ -473,6 +481,12 @@ OPERATIONS: list[tuple[str, str, str, list[str]]] = [
     ("execute_with_constraints(FAST, f), otel spans=violations", "execute_otel_violations",
      "overhead", []),
     ("execute_with_constraints(FAST, f), otel spans=all", "execute_otel_all", "overhead", []),
+    ("rule(f), uninstrumented (otel rows)", "rule_otel_off", "overhead", []),
+    ("rule(f), otel spans=violations", "rule_otel_violations", "overhead", []),
+    ("await execute_async(FAST, af), uninstrumented", "execute_async_otel_off", "per call", []),
+    ("await execute_async(FAST, af), otel spans=violations", "execute_async_otel_violations",
+     "per call", []),
+    ("await execute_async(FAST, af), otel spans=all", "execute_async_otel_all", "per call", []),
     ("retry success path: RetryPolicy(3, 10).execute(f)", "retry", "overhead",
      ["tenacity", "backoff", "stamina"]),
     ("histogram.record(v)", "record", "per call", ["hdrhistogram"]),

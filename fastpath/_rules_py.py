@@ -395,7 +395,9 @@ A registered rule: ``enforcer.rule(rule_id, rule_type, ...)``.
         ``with enforcer.flow(key):``)."""
         token = current_flow.set(key)
         try:
-            return self(fn, *args, **kwargs)
+            # As the compiled Rule.run_for: through _execute_as (fastpath.otel wraps it).
+            return self.enforcer._execute_as(self._state, self._state.rule_id, fn, *args,
+                                             **kwargs)
         finally:
             current_flow.reset(token)
 

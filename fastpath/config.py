@@ -6,11 +6,16 @@ The file format is documented, with a complete example, in the README's
 (``profiles.fast.max_exec_ms must be an int in 1..2**53, got 0``).
 
 ``python -m fastpath.config check FILE`` validates a file and prints the
-effective profiles.
+effective profiles, the registered rules and the quota stores.
 
-Rules (``[rules.<id>]`` with ``breaker``, ``adaptive``, ``quota``) and quota
-stores (``[stores.<name>]``) are validated against their schema, then refused
-with "not supported yet": the features they configure are not built yet.
+Each ``[rules.<id>]`` becomes ``enforcer.rule(id, ...)`` with its own
+``CircuitBreaker``, ``AdaptiveLimit`` and ``Quota``; a quota's ``store`` names a
+``[stores.<name>]`` table (``type = "local"`` or ``type = "redis"`` with a
+``url``), and each quota gets its own store built from that table (a store
+serves one quota; a Redis store's ``prefix`` gets ``<rule id>:`` appended, so
+the quotas of two rules never share buckets).  Validation builds these objects
+once with the default core, so a value their constructors refuse is refused
+with its key path; nothing connects to Redis before a call needs a lease.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import os
 import re
 import sys
 import tomllib
+import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _config
+from . import _config, _impl
+from .adaptive import AdaptiveLimit
 from .errors import InvalidConfiguration
 
 __all__ = ["EnforcerConfig", "load_config", "main"]
@@ -38,12 +45,6 @@ Source = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _RULE_TYPES = ("fast", "semantic", "wasm_hook", "observational")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-# What is validated now but configures features not built yet (issues 13/14).
-_NOT_YET = ("rules as objects, circuit breakers, adaptive limits and quotas are not "
-            "supported yet; this table was checked against their schema, remove it to load "
-            "the file")
-
 
 def _key(part: str) -> str:
     return part if _BARE_KEY.match(part) else json.dumps(part)
@@ -88,7 +89,7 @@ def _real(lo: float, hi: float = math.inf, *, lo_open: bool = False,
             right = "]" if not math.isinf(hi) else ")"
             top = "inf" if math.isinf(hi) else f"{hi:.1f}"
             raise _bad(path, f"must be within {left}{lo:.1f}, {top}{right}", value)
-        return number
+        return value if isinstance(value, int) else number   # TOML's 1000 stays 1000
     return check
 
 
@@ -168,6 +169,7 @@ def _check_constraint_fields(path: str, table: Mapping[str, Any], base: Any) -> 
 _OPTIONAL_FIELDS = ("cpu_shares", "memory_limit_bytes", "max_retries", "retry_backoff_ms")
 
 _BREAKER: Dict[str, Check] = {
+    # [0, 1] here for the message's sake; CircuitBreaker itself refuses 0.
     "failure_rate": _real(0.0, 1.0),
     "slow_call_rate": _real(0.0, 1.0),
     "slow_call_ms": _int(1),
@@ -179,7 +181,7 @@ _BREAKER: Dict[str, Check] = {
     "max_open_ms": _int(1),
     "half_open_calls": _int(1),
     "max_half_open_ms": _int(1),
-    "record": _list(_choice("violation", "error")),
+    "record": _list(_choice("violation", "timeout", "cpu", "memory", "error")),
 }
 _ADAPTIVE: Dict[str, Check] = {
     "percentile": _real(0.0, 100.0, lo_open=True),
@@ -190,21 +192,25 @@ _ADAPTIVE: Dict[str, Check] = {
     "window_s": _real(0.0, lo_open=True),
 }
 _QUOTA: Dict[str, Check] = {
-    "calls": _int(1),
-    "cpu_ms": _int(1),
-    "wall_ms": _int(1),
+    "calls": _real(0.0, lo_open=True),
+    "cpu_ms": _real(0.0, lo_open=True),
+    "wall_ms": _real(0.0, lo_open=True),
     "per_s": _real(0.0, lo_open=True),
-    "burst": _int(1),
+    "burst": _real(0.0, lo_open=True),
     "store": _str,
 }
 _STORE: Dict[str, Check] = {
     "type": _choice("local", "redis"),
     "url": _str,
     "prefix": _str,
-    "lease": _int(1),
-    "timeout_ms": _int(1),
+    "lease": _real(0.0, 1.0, lo_open=True),
+    "timeout_ms": _real(0.0, lo_open=True),
     "on_unavailable": _choice("fail_closed", "fail_open"),
+    "lease_ttl_ms": _real(0.0, lo_open=True),
+    "retry_ms": _real(0.0),
 }
+#: The RedisQuotaStore keyword arguments of a [stores.<name>] table.
+_REDIS_OPTIONS = ("lease", "timeout_ms", "on_unavailable", "lease_ttl_ms", "retry_ms")
 _AUDIT: Dict[str, Check] = {
     "rate_per_s": _real(0.0, allow_inf=True),
     "logger": _str,
@@ -277,6 +283,13 @@ class EnforcerConfig:
     stores: Dict[str, Dict[str, Any]]
     source: str = "<mapping>"
 
+    def rule_constraints(self, rule_id: str, constraints_class: Any = None) -> Any:
+        """The ExecutionConstraints ``[rules.<rule_id>]`` registers its rule with:
+        its type's effective profile with the rule's own overrides."""
+        rule = self.rules[rule_id]
+        base = self.effective_profiles(constraints_class)[rule["type"]]
+        return base.replace(**rule["constraints"])
+
     def effective_profiles(self, constraints_class: Any = None) -> Dict[str, Any]:
         """rule type value -> the ExecutionConstraints the enforcer will use."""
         if constraints_class is None:
@@ -313,6 +326,15 @@ class EnforcerConfig:
         enforcer = cls.with_constraints(profiles["fast"], profiles["semantic"],
                                         profiles["wasm_hook"], profiles["observational"],
                                         **kwargs)
+        stores = _Stores(self.stores)
+        for rule_id, rule in self.rules.items():
+            path = _path("rules", rule_id)
+            constraints = profiles[rule["type"]].replace(**rule["constraints"])
+            parts = _rule_parts(enforcer._core_module, path, rule_id, rule, constraints, stores)
+            try:
+                enforcer.rule(rule_id, RuleType(rule["type"]), **parts)
+            except InvalidConfiguration as exc:
+                raise InvalidConfiguration(f"{path}: {exc}") from None
         prometheus = dict(self.prometheus)
         if prometheus.pop("register", False):
             try:
@@ -355,16 +377,13 @@ def load_config(source: Source) -> EnforcerConfig:
     else:
         raise InvalidConfiguration(
             f"from_config needs a mapping or the path of a TOML file, got {source!r}")
-    config = validate(data, name)
-    if config.rules or config.stores:
-        first = (_path("rules", next(iter(config.rules))) if config.rules
-                 else _path("stores", next(iter(config.stores))))
-        raise InvalidConfiguration(f"{first}: {_NOT_YET}")
-    return config
+    return validate(data, name)
 
 
 def validate(data: Any, source: str = "<mapping>") -> EnforcerConfig:
-    """Check every key and value; rules and stores are checked, not refused."""
+    """Check every key and value (the rules' breakers, adaptive limits, quotas and
+    stores are built once, with the default core, to check what their
+    constructors check)."""
     from . import ExecutionConstraints
 
     top = _table("the configuration", data)
@@ -441,13 +460,16 @@ def validate(data: Any, source: str = "<mapping>") -> EnforcerConfig:
         if store["type"] == "redis":
             url = store.get("url")
             if url is None or not re.match(r"^(redis|rediss|unix)://", url):
-                raise _bad(f"{path}.url", "must be a redis://, rediss:// or unix:// URL", url)
+                raise _bad(f"{path}.url", "must be a redis://, rediss:// or unix:// URL",
+                           None if url is None else redact_url(url))
         elif set(store) - {"type"}:
             extra = sorted(set(store) - {"type"})[0]
             raise InvalidConfiguration(
                 f"{path}.{extra}: a local store takes no options, got {store[extra]!r}")
         stores[store_name] = store
 
+    effective = {name: presets[name].replace(**profiles.get(name, {})) for name in _RULE_TYPES}
+    probe_stores = _Stores(stores)
     rules: Dict[str, Dict[str, Any]] = {}
     rule_keys = {"type", "breaker", "adaptive", "quota", "fallback", *_config.FIELDS}
     for rule_id, table in _table("rules", top.get("rules", {})).items():
@@ -464,7 +486,7 @@ def validate(data: Any, source: str = "<mapping>") -> EnforcerConfig:
         rule_type = _choice(*_RULE_TYPES)(f"{path}.type", table["type"])
         rule: Dict[str, Any] = {"type": rule_type}
         overrides = {k: v for k, v in table.items() if k in _config.FIELDS}
-        rule["constraints"] = _check_constraint_fields(path, overrides, presets[rule_type])
+        rule["constraints"] = _check_constraint_fields(path, overrides, effective[rule_type])
         if "fallback" in table:
             rule["fallback"] = table["fallback"]
         for sub, schema in (("breaker", _BREAKER), ("adaptive", _ADAPTIVE), ("quota", _QUOTA)):
@@ -473,6 +495,13 @@ def validate(data: Any, source: str = "<mapping>") -> EnforcerConfig:
         quota_store = rule.get("quota", {}).get("store")
         if quota_store is not None and quota_store not in stores:
             raise _bad(f"{path}.quota.store", "must name a [stores.<name>] table", quota_store)
+        constraints = effective[rule_type].replace(**rule["constraints"])
+        parts = _rule_parts(_impl.core, path, rule_id, rule, constraints, probe_stores)
+        if "adaptive" in parts:
+            try:                    # the cap check enforcer.rule() makes
+                parts["adaptive"]._state_for(_impl.core, constraints)
+            except InvalidConfiguration as exc:
+                raise InvalidConfiguration(f"{path}.adaptive: {exc}") from None
         rules[rule_id] = rule
 
     return EnforcerConfig(profiles=profiles, fallbacks=fallbacks, transient_errors=transient,
@@ -481,23 +510,110 @@ def validate(data: Any, source: str = "<mapping>") -> EnforcerConfig:
                           rules=rules, stores=stores, source=source)
 
 
+# ------------------------------------------------------------------ rules and stores
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and ``check``)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class _Stores:
+    """The quota stores of one build: one redis client per ``[stores.<name>]``
+    table (made on first use; redis-py connects at the first command), one new
+    store per quota (a store serves one Quota)."""
+
+    def __init__(self, tables: Mapping[str, Dict[str, Any]]) -> None:
+        self.tables = tables
+        self.clients: Dict[str, Any] = {}
+
+    def for_quota(self, store_name: Optional[str], rule_id: str) -> Any:
+        """The store for the quota of ``rule_id``; None: the Quota's own local store."""
+        if store_name is None or self.tables[store_name]["type"] == "local":
+            return None
+        table = self.tables[store_name]
+        path = _path("stores", store_name)
+        try:
+            import redis
+
+            from .redis import RedisQuotaStore
+        except ImportError as exc:
+            raise InvalidConfiguration(
+                f'{path}.type = "redis" needs the redis package (pip install '
+                f"fastpath[redis]): {exc}") from None
+        client = self.clients.get(store_name)
+        if client is None:
+            try:
+                client = redis.Redis.from_url(table["url"])
+            except ValueError as exc:
+                raise _bad(f"{path}.url", f"is not a usable Redis URL ({exc})",
+                           redact_url(table["url"])) from None
+            self.clients[store_name] = client
+        options = {key: table[key] for key in _REDIS_OPTIONS if key in table}
+        try:
+            return RedisQuotaStore(client, prefix=f"{table.get('prefix', 'fastpath:')}{rule_id}:",
+                                   **options)
+        except InvalidConfiguration as exc:
+            raise InvalidConfiguration(f"{path}: {exc}") from None
+
+
+_BREAKER_CLASSES: Dict[str, Any] = {}
+
+
+def _breaker_class(core: Any) -> Any:
+    """CircuitBreaker of ``core`` (fastpath.CircuitBreaker for the default core)."""
+    from . import breaker
+
+    if core is _impl.core:
+        return breaker.CircuitBreaker
+    cls = _BREAKER_CLASSES.get(core.__name__)
+    if cls is None:
+        cls = _BREAKER_CLASSES[core.__name__] = breaker._bind_breaker(core)
+    return cls
+
+
+def _made(path: str, cls: Any, kwargs: Mapping[str, Any]) -> Any:
+    try:
+        return cls(**kwargs)
+    except InvalidConfiguration as exc:
+        raise InvalidConfiguration(f"{path}: {exc}") from None
+
+
+def _rule_parts(core: Any, path: str, rule_id: str, rule: Mapping[str, Any],
+                constraints: Any, stores: _Stores) -> Dict[str, Any]:
+    """The keyword arguments of ``enforcer.rule()`` for one ``[rules.<id>]``
+    table, made for ``core``: constraints, fallback, breaker, adaptive, quota."""
+    parts: Dict[str, Any] = {}
+    if rule["constraints"]:
+        parts["constraints"] = constraints
+    if "fallback" in rule:
+        parts["fallback"] = rule["fallback"]
+    if "breaker" in rule:
+        settings = dict(rule["breaker"])
+        if "record" in settings:
+            settings["record"] = tuple(settings["record"])
+        parts["breaker"] = _made(f"{path}.breaker", _breaker_class(core), settings)
+    if "adaptive" in rule:
+        parts["adaptive"] = _made(f"{path}.adaptive", AdaptiveLimit, rule["adaptive"])
+    if "quota" in rule:
+        settings = dict(rule["quota"])
+        settings["store"] = stores.for_quota(settings.pop("store", None), rule_id)
+        parts["quota"] = _made(f"{path}.quota", core._quota_class(), settings)
+    return parts
+
+
 # ------------------------------------------------------------------ the command
 
 def describe(config: EnforcerConfig) -> str:
     """The effective configuration as a readable table (``config check``)."""
     profiles = config.effective_profiles()
-    columns = ("rule type",) + _config.FIELDS
-    rows = [columns]
-    for name, constraints in profiles.items():
-        given = config.profiles.get(name, {})
-        row = [name]
-        for field in _config.FIELDS:
-            value = getattr(constraints, field)
-            row.append(("-" if value is None else str(value)) + ("*" if field in given else ""))
-        rows.append(tuple(row))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-             for r in rows]
+    lines = _columns(("rule type",), [
+        ((name,), constraints, config.profiles.get(name, {}))
+        for name, constraints in profiles.items()])
     lines.append("(* set in the file; other values are the preset's)")
     fallbacks = ", ".join(f"{k} = {v!r}" for k, v in config.fallbacks.items()) or "none (None)"
     lines.append(f"fallbacks: {fallbacks}")
@@ -514,17 +630,59 @@ def describe(config: EnforcerConfig) -> str:
         lines.append(f"audit: logger {config.audit.get('logger', 'fastpath.audit')} at "
                      f"{config.audit.get('level', 'WARNING')}, {limit}")
     for name, table in (("prometheus", config.prometheus), ("otel", config.otel)):
-        settings = ", ".join(f"{k} = {v!r}" for k, v in table.items()) or "defaults"
-        lines.append(f"observability.{name}: {settings}")
+        lines.append(f"observability.{name}: {_settings(table)}")
+    if config.rules:
+        lines.append("rules:")
+        lines.extend("  " + line for line in _columns(("rule id", "type"), [
+            ((rule_id, rule["type"]), config.rule_constraints(rule_id), rule["constraints"])
+            for rule_id, rule in config.rules.items()]))
+        lines.append("  (* set in the rule's table; other values are its type's profile)")
+        for rule_id, rule in config.rules.items():
+            for key in ("fallback", "breaker", "adaptive", "quota"):
+                if key in rule:
+                    value = rule[key]
+                    shown = _settings(value) if isinstance(value, dict) else repr(value)
+                    if key == "quota" and "store" not in value:
+                        shown += " (local store)"
+                    lines.append(f"  {_key(rule_id)}.{key}: {shown}")
+    for store_name, table in config.stores.items():
+        shown = {k: redact_url(v) if k == "url" else v for k, v in table.items() if k != "type"}
+        users = [rule_id for rule_id, rule in config.rules.items()
+                 if rule.get("quota", {}).get("store") == store_name]
+        lines.append(f"stores.{_key(store_name)}: {table['type']}"
+                     + (f", {_settings(shown)}" if shown else "")
+                     + f"; quotas of: {', '.join(users) or 'no rule'}")
     return "\n".join(lines)
+
+
+def _settings(table: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} = {v!r}" for k, v in table.items()) or "defaults"
+
+
+def _columns(heads: Tuple[str, ...], rows: Sequence[Tuple[Tuple[str, ...], Any, Any]]
+             ) -> List[str]:
+    """A table of ExecutionConstraints, one row each: the leading cells, then
+    every field (``*``: the field is in ``given``)."""
+    table = [heads + _config.FIELDS]
+    for lead, constraints, given in rows:
+        cells = list(lead)
+        for field in _config.FIELDS:
+            value = getattr(constraints, field)
+            cells.append(("-" if value is None else str(value)) + ("*" if field in given else ""))
+        table.append(tuple(cells))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+            for r in table]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fastpath.config",
-        description="Validate a fastpath configuration file and print the effective profiles.")
+        description="Validate a fastpath configuration file and print the effective profiles, "
+                    "rules and quota stores.")
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="validate FILE and print the effective profiles")
+    check = commands.add_parser(
+        "check", help="validate FILE and print the effective profiles, rules and stores")
     check.add_argument("file", metavar="FILE")
     args = parser.parse_args(argv)
     try:

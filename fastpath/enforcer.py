@@ -365,6 +365,7 @@ class _EnforcerAPI:
             if registered is not None and registered.rule_type is not rule_type:
                 raise InvalidConfiguration(
                     f"rule {rid!r} is registered as {registered.rule_type!r}, not {rule_type!r}")
+            key: Any = rule_type
             if registered is not None:
                 # A registered rule id: its own constraints, breaker, adaptive
                 # limit and counters.
@@ -374,12 +375,9 @@ class _EnforcerAPI:
                         return await registered.run_async(fn, *args, **kwargs)
 
                     return async_rule_wrapper  # type: ignore[return-value]
-
-                @functools.wraps(fn)
-                def rule_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    return registered(fn, *args, **kwargs)
-
-                return rule_wrapper  # type: ignore[return-value]
+                # Called as _execute_as(its state, its id, ...) -- what calling the
+                # Rule does -- so that fastpath.otel can rebind it like any wrapper.
+                key = registered._state
             if inspect.iscoroutinefunction(fn):
                 run_async = self._execute_async_as
 
@@ -392,7 +390,7 @@ class _EnforcerAPI:
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                return execute_as(rule_type, rid, fn, *args, **kwargs)
+                return execute_as(key, rid, fn, *args, **kwargs)
 
             # fastpath.otel.instrument(spans="all") rebinds the wrapper's
             # execute_as cell (a per-call attribute lookup would cost ~30 %).

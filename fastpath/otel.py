@@ -11,11 +11,16 @@
   only violated calls produce.  Its start and end are the call's (from the
   event's time and its measured elapsed time) and its parent is the caller's
   current span.
-* ``spans="all"`` wraps the enforcer's ``execute_with_constraints`` and
-  ``_execute_as`` in a wrapper that starts a span around each call and makes
-  it current while the rule runs (spans the rule starts are its children), and
-  points the ``@enforcer.constrained`` functions' wrappers at it.  That costs what the
-  OpenTelemetry SDK costs per span (see the README's "Observability").
+* ``spans="all"`` wraps the enforcer's ``execute_with_constraints``,
+  ``_execute_as`` and ``_run_async_state`` in wrappers that start a span around
+  each call and make it current while the rule runs (spans the rule starts are
+  its children; for a coroutine, in its task across its awaits), and points the
+  ``@enforcer.constrained`` functions' wrappers at them.  That covers
+  ``execute_async``, registered rules' ``run_for`` / ``run_async`` and
+  decorated registered rule ids; calling a registered ``Rule`` directly is one
+  vectorcall into the core with no Python step to wrap (its violated calls get
+  spans from the audit hook).  That costs what the OpenTelemetry SDK costs per
+  span (see the README's "Observability").
 * ``spans="none"``: only the observable instruments.
 * The instruments are observable (asynchronous): the SDK reads the enforcer's
   counters when it collects, never on the per-call path.
@@ -26,10 +31,12 @@ fastpath[otel]``.  ``import fastpath`` never imports this module.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from opentelemetry import context as _context
 from opentelemetry import metrics as _metrics
 from opentelemetry import trace as _trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -37,7 +44,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .audit import AUDIT_OUTCOMES, OTHER_RULE_ID, limit_fields
 from .enforcer import _name_of
-from .errors import ConstraintViolation, InvalidConfiguration
+from .errors import ConstraintViolation, InvalidConfiguration, ResourceExhausted
+from .rules import COUNTER_NAMES
 
 __all__ = ["instrument", "Instrumentation", "SPAN_NAME"]
 
@@ -58,6 +66,11 @@ INTERRUPTED = "fastpath.interrupted"
 ATTEMPTS = "fastpath.attempts"
 VIOLATION_KIND = "fastpath.violation.kind"
 ERROR_TYPE = "error.type"
+
+REFUSED = "fastpath.refused"
+
+#: The enforcer methods spans="all" shadows with instance attributes.
+_WRAPPED = ("execute_with_constraints", "_execute_as", "_run_async_state")
 
 _instrumented: Dict[int, "Instrumentation"] = {}
 _instrumented_lock = threading.Lock()
@@ -105,43 +118,29 @@ class Instrumentation:
         span.end(end_time=end_ns)
 
     def _wrap(self, execute_as: Callable[..., Any]) -> Callable[..., Any]:
-        tracer = self.tracer
-        current = self._current
+        """``_execute_as`` (and through it ``execute_with_constraints``, the
+        ``@constrained`` wrappers and ``rule.run_for``) with a span per call."""
+        inst = self
 
         def traced_execute_as(rule_type: Any, rule_id: Any, fn: Any, /, *args: Any,
                               **kwargs: Any) -> Any:
-            rid = rule_id if rule_id is not None else _name_of(fn)
-            attempts = [0]
-
-            def run(*a: Any, **k: Any) -> Any:
-                attempts[0] += 1
-                return fn(*a, **k)
-
-            with tracer.start_as_current_span(
-                    SPAN_NAME, kind=SpanKind.INTERNAL,
-                    attributes={RULE_ID: rid,
-                                RULE_TYPE: getattr(rule_type, "value", str(rule_type))},
-                    record_exception=False, set_status_on_exception=False) as span:
-                running = [span, False]
-                token = current.set(running)
-                try:
-                    result = execute_as(rule_type, rid, run, *args, **kwargs)
-                except BaseException as exc:
-                    span.set_attribute(ATTEMPTS, attempts[0])
-                    if not isinstance(exc, ConstraintViolation):
-                        span.record_exception(exc)
-                    if not running[1]:              # fn's own error, no violation
-                        span.set_attribute(OUTCOME, "error")
-                        _set_status(span, "error", exc)
-                    raise
-                finally:
-                    current.reset(token)
-                span.set_attribute(ATTEMPTS, attempts[0])
-                if not running[1]:
-                    span.set_attribute(OUTCOME, "ok" if attempts[0] else "sampled_out")
-                return result
+            with _TracedCall(inst, rule_type, rule_id, fn) as call:
+                return execute_as(rule_type, call.rule_id, call.run, *args, **kwargs)
 
         return traced_execute_as
+
+    def _wrap_async(self, run_async_state: Callable[..., Any]) -> Callable[..., Any]:
+        """``_run_async_state`` (``execute_async``, ``rule.run_async``, async
+        ``@constrained`` functions) with a span per call, current in the task
+        while the coroutine runs."""
+        inst = self
+
+        async def traced_run_async_state(rule: Any, rule_id: Any, fn: Any, args: Any,
+                                         kwargs: Any) -> Any:
+            with _TracedCall(inst, rule, rule_id, fn) as call:
+                return await run_async_state(rule, call.rule_id, call.run, args, kwargs)
+
+        return traced_run_async_state
 
     # -- what the instruments read (at collection time) ---------------------------
     def _calls(self) -> Iterable[Observation]:
@@ -193,7 +192,7 @@ class Instrumentation:
         enforcer = self.enforcer
         if self._hook is not None:
             enforcer._audit_hooks = tuple(h for h in enforcer._audit_hooks if h is not self._hook)
-        for name in ("execute_with_constraints", "_execute_as"):
+        for name in _WRAPPED:
             enforcer.__dict__.pop(name, None)
         _rebind_decorated(enforcer, enforcer._execute_as)
         with _instrumented_lock:
@@ -205,6 +204,93 @@ class Instrumentation:
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
         return f"<fastpath.otel.Instrumentation spans={self.spans!r} {state}>"
+
+
+class _TracedCall:
+    """One call under spans="all": its span, current while the rule runs; the
+    counting wrapper given to the pipeline as fn (attempts, and whether fn ran
+    at all); the outcome when no audit event said what happened."""
+
+    __slots__ = ("inst", "state", "rule_id", "fn", "attempts", "running", "before", "token")
+
+    def __init__(self, inst: Instrumentation, rule_type: Any, rule_id: Any, fn: Any) -> None:
+        # A RuleType or a registered rule's state; a bad rule type raises here,
+        # as the call itself would.
+        self.state = state = inst.enforcer._rule_state(rule_type)
+        self.inst = inst
+        self.rule_id = rule_id if rule_id is not None else _name_of(fn)
+        self.fn = fn
+        self.attempts = 0
+        # A rule with a breaker: the counts that tell a refused call from a
+        # sampled-out one (neither runs fn nor makes an audit event).
+        self.before = None if state.breaker is None else _not_run_counts(state)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.attempts += 1
+        return self.fn(*args, **kwargs)
+
+    def __enter__(self) -> "_TracedCall":
+        span = self.inst.tracer.start_span(
+            SPAN_NAME, kind=SpanKind.INTERNAL,
+            attributes={RULE_ID: str(self.rule_id), RULE_TYPE: self.state.key.value})
+        self.running = [span, False]
+        self.token = (_context.attach(_trace.set_span_in_context(span)),
+                      self.inst._current.set(self.running))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        otel_token, running_token = self.token
+        self.inst._current.reset(running_token)
+        _context.detach(otel_token)
+        span, audited = self.running
+        try:
+            span.set_attribute(ATTEMPTS, self.attempts)
+            if exc is None:
+                if not audited:
+                    self._returned(span)
+            elif isinstance(exc, asyncio.CancelledError):
+                if not audited:             # cancelled from outside: not the rule's error
+                    span.set_attribute(OUTCOME, "cancelled")
+            else:
+                if not isinstance(exc, ConstraintViolation):
+                    span.record_exception(exc)
+                if not audited:
+                    self._raised(span, exc)
+        finally:
+            span.end()
+
+    def _returned(self, span: Any) -> None:
+        if self.attempts:
+            span.set_attribute(OUTCOME, "ok")
+            return
+        if self.before is None:
+            span.set_attribute(OUTCOME, "sampled_out")
+            return
+        refused, sampled_out = (now - then for now, then in zip(
+            _not_run_counts(self.state), self.before, strict=True))
+        if not refused:
+            span.set_attribute(OUTCOME, "sampled_out")
+        elif not sampled_out:                 # the breaker refused it, fail open
+            span.set_attributes({OUTCOME: "fallback", REFUSED: "breaker"})
+        else:
+            # Calls of the same rule in other threads were refused and sampled
+            # out meanwhile: this one was one or the other.
+            span.set_attribute(OUTCOME, "not_run")
+
+    def _raised(self, span: Any, exc: BaseException) -> None:
+        if not self.attempts and self.before is not None and isinstance(exc, ResourceExhausted):
+            span.set_attributes({OUTCOME: "deny", REFUSED: "breaker"})
+        else:                               # fn's own error, no violation
+            span.set_attribute(OUTCOME, "error")
+        _set_status(span, "error", exc)
+
+
+def _not_run_counts(state: Any) -> tuple[int, int]:
+    """(calls its breaker refused, calls sampled out) of a rule's state."""
+    return state.refused_calls, state.counters()[_SAMPLED_OUT_INDEX]
+
+
+_SAMPLED_OUT_INDEX = COUNTER_NAMES.index("sampled_out")
 
 
 def instrument(enforcer: Any, *, tracer_provider: Any = None, meter_provider: Any = None,
@@ -246,6 +332,7 @@ def instrument(enforcer: Any, *, tracer_provider: Any = None, meter_provider: An
         # enforcer only; uninstrument() deletes them again.
         enforcer.execute_with_constraints = traced_execute
         enforcer._execute_as = traced
+        enforcer._run_async_state = inst._wrap_async(enforcer._run_async_state)
         _rebind_decorated(enforcer, traced)
     with _instrumented_lock:
         state = _meters.get(id(meter))
@@ -328,6 +415,8 @@ def _event_attributes(event: Any) -> Dict[str, Any]:
     for name, value in limit_fields(event.constraints).items():
         if value is not None:
             attributes[f"fastpath.limit.{name}"] = value
+    if event.event_type == "quota_exhausted":
+        attributes[REFUSED] = "quota"
     return attributes
 
 
@@ -340,6 +429,10 @@ def _set_status(span: Any, outcome: str, cause: Any) -> None:
     if isinstance(cause, BaseException):
         span.set_attribute(ERROR_TYPE, type(cause).__qualname__)
         span.set_status(Status(StatusCode.ERROR, f"{type(cause).__name__}: {cause}"))
+        return
+    if cause.event_type == "quota_exhausted":      # outcome "deny": ResourceExhausted
+        span.set_attribute(ERROR_TYPE, "ResourceExhausted")
+        span.set_status(Status(StatusCode.ERROR, "quota exhausted (deny)"))
         return
     kinds = "+".join(v.name for v in cause.violations)
     if outcome == "deny":

@@ -289,3 +289,205 @@ def test_an_async_violated_call_is_a_span_under_the_tasks_span(fp, telemetry):
     assert span.parent.span_id == parent.get_span_context().span_id
     assert span.attributes["fastpath.outcome"] == "fallback"
     assert span.attributes["fastpath.violations"] == ("timeout_exceeded",)
+
+
+# -- registered rules and async calls ----------------------------------------------
+# A rule of its own with a 5 ms budget: a 50 ms sleep always overruns it (an
+# ordering fact), so these tests need no multi-second sleeps.
+SHORT_MS = 5
+OVERRUN = 0.05
+
+
+def attrs(span):
+    return (span.attributes["fastpath.rule.id"], span.attributes["fastpath.rule.type"],
+            span.attributes["fastpath.outcome"])
+
+
+def test_a_violated_rule_object_call_is_a_span_by_default(fp, telemetry):
+    e = enforcer(fp)
+    C = fp.ExecutionConstraints
+    rule = e.rule("deny-ua", fp.RuleType.FAST, constraints=C(SHORT_MS))
+    soft = e.rule("soft", fp.RuleType.SEMANTIC, constraints=C(SHORT_MS,
+                                                              fail_closed_on_timeout=False),
+                  fallback="fb")
+    telemetry.instrument(e)
+    assert not set(otel._WRAPPED) & set(vars(e))      # nothing on the per-call path
+    tracer = telemetry.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("request") as parent:
+        assert rule(abs, -1) == 1 and rule.run_for("k", abs, -2) == 2      # no span
+        with pytest.raises(fp.ConstraintViolation):
+            rule(time.sleep, OVERRUN)
+        assert soft.run_for("tenant", time.sleep, OVERRUN) == "fb"
+    spans = telemetry.spans()
+    assert [attrs(s) for s in spans] == [("deny-ua", "fast", "deny"),
+                                         ("soft", "semantic", "fallback")]
+    for span in spans:
+        assert span.parent.span_id == parent.get_span_context().span_id
+        assert span.attributes["fastpath.elapsed_ns"] >= OVERRUN * 1e9
+        assert span.attributes["fastpath.limit.max_exec_ms"] == SHORT_MS
+    assert spans[0].status.status_code is StatusCode.ERROR
+    assert spans[1].status.status_code is StatusCode.UNSET
+
+
+def test_spans_all_traces_registered_rules_with_refusals(fp, telemetry):
+    e = enforcer(fp)
+    C = fp.ExecutionConstraints
+    tracer = telemetry.tracer_provider.get_tracer("app")
+    open_breaker = fp.CircuitBreaker()
+    closed_rule = e.rule("closed", fp.RuleType.FAST, breaker=open_breaker)
+    soft = e.rule("soft", fp.RuleType.SEMANTIC, fallback="fb", breaker=fp.CircuitBreaker(),
+                  quota=fp.Quota(calls=1, per_s=3600))
+    short = e.rule("short", fp.RuleType.FAST, constraints=C(SHORT_MS))
+    decorated = e.constrained(fp.RuleType.FAST, rule_id="closed")(abs)   # before instrument
+    telemetry.instrument(e, spans="all")
+
+    def child():
+        with tracer.start_as_current_span("inside"):
+            return "child"
+
+    with tracer.start_as_current_span("request") as parent:
+        assert soft.run_for("tenant", child) == "child"          # the quota's one call
+        assert soft.run_for("tenant", abs, -1) == "fb"           # quota exhausted
+        assert decorated(-3) == 3
+        open_breaker.force_open()
+        with pytest.raises(fp.ResourceExhausted):
+            closed_rule.run_for("k", abs, -1)                    # refused, fail closed
+        with pytest.raises(fp.ConstraintViolation):
+            short.run_for("k", time.sleep, OVERRUN)
+        with pytest.raises(KeyError):
+            short.run_for("k", {}.__getitem__, "x")
+    spans = telemetry.spans()
+    assert [attrs(s) for s in spans] == [
+        ("soft", "semantic", "ok"),
+        ("soft", "semantic", "fallback"),
+        ("closed", "fast", "ok"),
+        ("closed", "fast", "deny"),
+        ("short", "fast", "deny"),
+        ("short", "fast", "error"),
+    ]
+    for span in spans:
+        assert span.parent.span_id == parent.get_span_context().span_id
+    (inside,) = telemetry.spans("inside")
+    assert inside.parent.span_id == spans[0].context.span_id  # current while the rule ran
+    assert spans[0].attributes["fastpath.attempts"] == 1
+    assert spans[1].attributes["fastpath.refused"] == "quota"
+    assert spans[1].attributes["fastpath.attempts"] == 0
+    assert spans[1].status.status_code is StatusCode.UNSET
+    assert spans[3].attributes["fastpath.refused"] == "breaker"
+    assert spans[3].attributes["error.type"] == "ResourceExhausted"
+    assert spans[3].status.status_code is StatusCode.ERROR
+    assert spans[4].attributes["fastpath.violations"] == ("timeout_exceeded",)
+    assert spans[4].attributes["fastpath.elapsed_ns"] >= OVERRUN * 1e9
+    assert spans[5].attributes["error.type"] == "KeyError"
+    assert "fastpath.refused" not in spans[4].attributes
+
+
+def test_spans_all_tells_a_fail_open_breaker_refusal_from_a_sampled_out_call(fp, telemetry):
+    e = enforcer(fp)
+    C = fp.ExecutionConstraints
+    breaker = fp.CircuitBreaker()
+    refused = e.rule("refused", fp.RuleType.SEMANTIC, fallback="fb", breaker=breaker)
+    never = e.rule("never", fp.RuleType.SEMANTIC, fallback="fb", breaker=fp.CircuitBreaker(),
+                   constraints=C(TIGHT_MS, sampling_rate=0.0, fail_closed_on_timeout=False))
+    telemetry.instrument(e, spans="all")
+    breaker.force_open()
+    assert refused.run_for("k", abs, -1) == "fb"
+    assert never.run_for("k", abs, -1) == "fb"
+    assert e.execute_with_constraints(fp.RuleType.OBSERVATIONAL, abs, 1) is None
+    spans = telemetry.spans()
+    assert [attrs(s) for s in spans] == [("refused", "semantic", "fallback"),
+                                         ("never", "semantic", "sampled_out"),
+                                         ("abs", "observational", "sampled_out")]
+    assert spans[0].attributes["fastpath.refused"] == "breaker"
+    assert "fastpath.refused" not in spans[1].attributes
+
+
+def test_spans_all_traces_async_calls_in_their_task(fp, telemetry):
+    import asyncio
+
+    e = enforcer(fp)
+    C = fp.ExecutionConstraints
+    soft = e.rule("soft", fp.RuleType.SEMANTIC, fallback="fb",
+                  constraints=C(SHORT_MS, fail_closed_on_timeout=False))
+    telemetry.instrument(e, spans="all")
+    tracer = telemetry.tracer_provider.get_tracer("app")
+
+    async def child():
+        await asyncio.sleep(0)
+        with tracer.start_as_current_span("inside"):
+            await asyncio.sleep(0)
+        return "child"
+
+    @e.constrained(fp.RuleType.FAST, rule_id="decorated")
+    async def decorated(x):
+        await asyncio.sleep(0)
+        return x
+
+    async def fails():
+        await asyncio.sleep(0)
+        raise KeyError("x")
+
+    async def blocks():
+        await asyncio.sleep(60)
+
+    async def main():
+        with tracer.start_as_current_span("request") as parent:
+            assert await e.execute_async(fp.RuleType.FAST, child) == "child"
+            assert await soft.run_async(asyncio.sleep, OVERRUN) == "fb"
+            assert await decorated(7) == 7
+            with pytest.raises(KeyError):
+                await e.execute_async(fp.RuleType.WASM_HOOK, fails)
+            task = asyncio.ensure_future(e.execute_async(fp.RuleType.SEMANTIC, blocks))
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return parent
+
+    parent = asyncio.run(main())
+    spans = telemetry.spans()
+    here = "test_spans_all_traces_async_calls_in_their_task.<locals>"
+    assert [attrs(s) for s in spans] == [
+        (f"{here}.child", "fast", "ok"),
+        ("soft", "semantic", "fallback"),
+        ("decorated", "fast", "ok"),
+        (f"{here}.fails", "wasm_hook", "error"),
+        (f"{here}.blocks", "semantic", "cancelled"),
+    ]
+    for span in spans:
+        assert span.parent.span_id == parent.get_span_context().span_id
+    (inside,) = telemetry.spans("inside")
+    assert inside.parent.span_id == spans[0].context.span_id
+    assert spans[1].attributes["fastpath.violations"] == ("timeout_exceeded",)
+    assert spans[1].attributes["fastpath.elapsed_ns"] >= OVERRUN * 1e9
+    assert spans[3].status.status_code is StatusCode.ERROR
+    assert spans[3].attributes["error.type"] == "KeyError"
+    assert spans[4].status.status_code is StatusCode.UNSET and spans[4].events == ()
+    assert e.metrics()[fp.RuleType.FAST]["calls"] == 2      # counted as ever
+
+
+def test_uninstrument_restores_async_and_registered_rule_paths(fp, telemetry):
+    import asyncio
+
+    e = enforcer(fp)
+    rule = e.rule("r", fp.RuleType.FAST)
+    before = e.constrained(fp.RuleType.FAST, rule_id="r")(abs)
+    inst = telemetry.instrument(e, spans="all")
+    during = e.constrained(fp.RuleType.FAST, rule_id="r")(abs)
+
+    async def coro():
+        return 1
+
+    def calls():
+        before(1), during(1), rule.run_for("k", abs, 1)
+        asyncio.run(e.execute_async(fp.RuleType.FAST, coro))
+        asyncio.run(rule.run_async(coro))
+
+    calls()
+    assert len(telemetry.spans()) == 5
+    telemetry.exporter.clear()
+    inst.uninstrument()
+    assert not set(otel._WRAPPED) & set(vars(e))
+    calls()
+    assert telemetry.spans() == []
+    assert rule.metrics()["calls"] == 8
