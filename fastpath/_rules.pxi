@@ -450,6 +450,22 @@ cdef object _rule_vectorcall(object self, PyObject **args, size_t nargsf, PyObje
                                    nargs - 1, kwnames)
 
 
+cdef object _rule_traced_vectorcall(object self, PyObject **args, size_t nargsf,
+                                    PyObject *kwnames):
+    # rule(...) while its calls are traced (Rule._trace_calls): through the
+    # enforcer's _execute_as, looked up per call (fastpath.otel wraps it).
+    cdef Rule rule = <Rule>self
+    cdef Py_ssize_t nargs = <Py_ssize_t>(nargsf & ~(<size_t>1 << (8 * sizeof(size_t) - 1)))
+    cdef Py_ssize_t i
+    cdef tuple names = () if kwnames == NULL else <tuple><object>kwnames
+    if nargs < 1:
+        raise TypeError("a Rule is called as rule(fn, /, *args, **kwargs)")
+    positional = [<object>args[i] for i in range(1, nargs)]
+    keywords = {names[i]: <object>args[nargs + i] for i in range(len(names))}
+    return rule.enforcer._execute_as(rule._state, rule._state.rule_id, <object>args[0],
+                                     *positional, **keywords)
+
+
 cdef class Rule:
     """Rule(enforcer, state)
 --
@@ -469,9 +485,16 @@ A registered rule: ``enforcer.rule(rule_id, rule_type, ...)``.
         self._state = state
 
     def __call__(self, fn, /, *args, **kwargs):
-        # Only an explicit rule.__call__(...) gets here: rule(...) itself goes
-        # through _rule_vectorcall (fp_enable_vectorcall below replaces the slot).
+        # Only an explicit rule.__call__(...) gets here, or rule(...) while its
+        # calls are traced: rule(...) itself goes through _rule_vectorcall
+        # (fp_enable_vectorcall below replaces the slot).
         return self.enforcer._execute_as(self._state, self._state.rule_id, fn, *args, **kwargs)
+
+    def _trace_calls(self, bint on):
+        """on: rule(...) goes through the enforcer's ``_execute_as`` (a Python
+        lookup: fastpath.otel's spans="all" wraps it) instead of straight into
+        the pipeline; off: straight in again."""
+        self._vectorcall = <void *>(_rule_traced_vectorcall if on else _rule_vectorcall)
 
     @property
     def rule_id(self):

@@ -341,15 +341,23 @@ A registered rule: ``enforcer.rule(rule_id, rule_type, ...)``.
     counters; ``await rule.run_async(fn, ...)`` does the same for coroutines.
     """
 
-    __slots__ = ("enforcer", "_state")
+    __slots__ = ("enforcer", "_state", "_traced")
 
     def __init__(self, enforcer: Any, state: Any) -> None:
         self.enforcer = enforcer
         self._state = state
+        self._traced = False
 
     def __call__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         state = self._state
+        if self._traced:
+            return self.enforcer._execute_as(state, state.rule_id, fn, *args, **kwargs)
         return self.enforcer._pipeline(state, state.rule_id, fn, args, kwargs)
+
+    def _trace_calls(self, on: bool) -> None:
+        """on: rule(...) goes through the enforcer's ``_execute_as`` (which
+        fastpath.otel's spans="all" wraps) instead of straight into the pipeline."""
+        self._traced = bool(on)
 
     @property
     def rule_id(self) -> Any:

@@ -177,6 +177,7 @@ class _EnforcerAPI:
         self._audit_failure_lock = threading.Lock()
         self._registry: Dict[str, Any] = {}          # rule id -> Rule
         self._registry_lock = threading.Lock()
+        self._trace_rule_calls = False   # fastpath.otel spans="all": rule(fn) via _execute_as
         self._quotas = self._check_quotas(quotas)
         self._configure(_default_profiles(self._constraints_class))
 

@@ -17,10 +17,10 @@
   its children; for a coroutine, in its task across its awaits), and points the
   ``@enforcer.constrained`` functions' wrappers at them.  That covers
   ``execute_async``, registered rules' ``run_for`` / ``run_async`` and
-  decorated registered rule ids; calling a registered ``Rule`` directly is one
-  vectorcall into the core with no Python step to wrap (its violated calls get
-  spans from the audit hook).  That costs what the OpenTelemetry SDK costs per
-  span (see the README's "Observability").
+  decorated registered rule ids; registered ``Rule`` objects called directly
+  (``rule(fn)``) are switched to go through ``_execute_as`` while
+  instrumented, then straight into the core again.  That costs what the
+  OpenTelemetry SDK costs per span (see the README's "Observability").
 * ``spans="none"``: only the observable instruments.
 * The instruments are observable (asynchronous): the SDK reads the enforcer's
   counters when it collects, never on the per-call path.
@@ -195,6 +195,8 @@ class Instrumentation:
         for name in _WRAPPED:
             enforcer.__dict__.pop(name, None)
         _rebind_decorated(enforcer, enforcer._execute_as)
+        if self.spans == "all":
+            _trace_rule_calls(enforcer, False)
         with _instrumented_lock:
             _instrumented.pop(id(enforcer), None)
             state = _meters.get(id(self.meter))
@@ -334,6 +336,7 @@ def instrument(enforcer: Any, *, tracer_provider: Any = None, meter_provider: An
         enforcer._execute_as = traced
         enforcer._run_async_state = inst._wrap_async(enforcer._run_async_state)
         _rebind_decorated(enforcer, traced)
+        _trace_rule_calls(enforcer, True)
     with _instrumented_lock:
         state = _meters.get(id(meter))
         if state is None:
@@ -387,6 +390,16 @@ class _MeterState:
 
 
 _meters: Dict[int, _MeterState] = {}
+
+
+def _trace_rule_calls(enforcer: Any, on: bool) -> None:
+    """Route direct calls of the enforcer's registered rules (``rule(fn)``)
+    through its ``_execute_as`` (on), or straight into the core again (off);
+    rules registered later follow ``_trace_rule_calls``."""
+    with enforcer._registry_lock:
+        enforcer._trace_rule_calls = on
+        for rule in enforcer._registry.values():
+            rule._trace_calls(on)
 
 
 def _rebind_decorated(enforcer: Any, execute_as: Callable[..., Any]) -> None:

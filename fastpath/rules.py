@@ -64,6 +64,8 @@ def register(enforcer: Any, rule_id: Any, rule_type: Any, *, constraints: Any, f
             enforcer._preempt and rule_type.value != "observational",
             rule_id, breaker, adaptive_state, quota)
         handle = core.Rule(enforcer, state)
+        if getattr(enforcer, "_trace_rule_calls", False):
+            handle._trace_calls(True)           # fastpath.otel spans="all" is on
         enforcer._registry[rule_id] = handle
     if breaker is not None:
         breaker._listen(enforcer, state)

@@ -466,6 +466,35 @@ def test_spans_all_traces_async_calls_in_their_task(fp, telemetry):
     assert e.metrics()[fp.RuleType.FAST]["calls"] == 2      # counted as ever
 
 
+def test_spans_all_traces_direct_rule_calls_until_uninstrumented(fp, telemetry):
+    e = enforcer(fp)
+    before = e.rule("before", fp.RuleType.FAST)
+    inst = telemetry.instrument(e, spans="all")
+    after = e.rule("after", fp.RuleType.FAST)          # registered while instrumented
+    tracer = telemetry.tracer_provider.get_tracer("app")
+
+    def child():
+        with tracer.start_as_current_span("inside"):
+            return 7
+
+    with tracer.start_as_current_span("request") as parent:
+        assert before(child) == 7
+        assert after(abs, -2) == 2
+        with pytest.raises(KeyError):
+            after({}.__getitem__, "x")
+    spans = telemetry.spans()
+    assert [attrs(s) for s in spans] == [
+        ("before", "fast", "ok"), ("after", "fast", "ok"), ("after", "fast", "error")]
+    assert all(s.parent.span_id == parent.get_span_context().span_id for s in spans)
+    (inside,) = telemetry.spans("inside")
+    assert inside.parent.span_id == spans[0].context.span_id
+    telemetry.exporter.clear()
+    inst.uninstrument()
+    assert before(abs, -1) == 1 and after(abs, -1) == 1
+    assert telemetry.spans() == []
+    assert before.metrics()["calls"] == 2 and after.metrics()["calls"] == 3
+
+
 def test_uninstrument_restores_async_and_registered_rule_paths(fp, telemetry):
     import asyncio
 
