@@ -12,6 +12,8 @@
 #ifndef FP_WASM_H
 #define FP_WASM_H
 
+#include <Python.h>
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
@@ -56,6 +58,20 @@ typedef union {
     uint64_t raw[3];
 } fpw_valunion;
 typedef struct { uint8_t kind; fpw_valunion of; } fpw_val;
+
+/* wasmtime_val_raw_t: what wasmtime_func_call_unchecked reads the arguments
+ * from and writes the results to (no kind: the function's type says). */
+typedef union {
+    int32_t i32;
+    int64_t i64;
+    float f32;
+    double f64;
+    uint8_t v128[16];
+    uint32_t anyref;
+    uint32_t externref;
+    uint32_t exnref;
+    void *funcref;
+} fpw_val_raw;
 
 /* wasmtime_extern_t */
 #define FPW_EXTERN_FUNC 0
@@ -111,8 +127,8 @@ typedef struct {
     void (*instance_pre_delete)(fpw_instance_pre *);
     int (*instance_export_get)(fpw_context *, const fpw_instance *, const char *, size_t,
                                fpw_extern *);
-    fpw_error *(*func_call)(fpw_context *, const fpw_func *, const fpw_val *, size_t,
-                            fpw_val *, size_t, fpw_trap **);
+    fpw_error *(*func_call_unchecked)(fpw_context *, const fpw_func *, fpw_val_raw *, size_t,
+                                      fpw_trap **);
     int (*trap_code)(const fpw_trap *, uint8_t *);
     void (*trap_message)(const fpw_trap *, fpw_byte_vec *);
     void (*trap_delete)(fpw_trap *);
@@ -156,7 +172,7 @@ static const char *fpw_resolve(const char *path)
     FPW_SYM(instance_pre_instantiate, "wasmtime_instance_pre_instantiate");
     FPW_SYM(instance_pre_delete, "wasmtime_instance_pre_delete");
     FPW_SYM(instance_export_get, "wasmtime_instance_export_get");
-    FPW_SYM(func_call, "wasmtime_func_call");
+    FPW_SYM(func_call_unchecked, "wasmtime_func_call_unchecked");
     FPW_SYM(trap_code, "wasmtime_trap_code");
     FPW_SYM(trap_message, "wasm_trap_message");
     FPW_SYM(trap_delete, "wasm_trap_delete");
@@ -200,6 +216,8 @@ typedef struct fpw_inst {
     int64_t mem_refused;        /* largest size a refused grow asked for (this call), or 0 */
     int64_t mem_bytes;          /* linear memory bytes of this instance (all memories) */
     void *host_exc;             /* PyObject*: an exception a host import raised (owned) */
+    int gil_held;               /* the guest was entered holding the GIL, not yet released */
+    PyThreadState *gil_saved;   /* the epoch callback released the GIL: the thread state */
 } fpw_inst;
 
 /* The instance being created on this thread: its linear memories belong to it. */
@@ -218,8 +236,16 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
      * the call's, so it never stops a guest early, and misses at most the
      * first tick. */
     fpw_inst *inst = (fpw_inst *)data;
-    int64_t left = inst->deadline_ns - fpw_now_ns(), cpu;
+    int64_t left, cpu;
     (void)ctx;
+    if (inst->gil_held) {
+        /* The guest was entered with the GIL held (a call of a microsecond
+         * is not worth the hand-off); from its first tick on it runs
+         * without, so other threads do.  fpw_gil_back takes it back. */
+        inst->gil_held = 0;
+        inst->gil_saved = PyEval_SaveThread();
+    }
+    left = inst->deadline_ns - fpw_now_ns();
     if (left <= 0) {
         inst->deadline_hit = 1;
         return fpw_api.error_new("fastpath: wall-clock deadline reached (epoch interruption)");
@@ -242,33 +268,42 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
 
 /* ------------------------------------------------ the epoch ticker */
 #define FPW_MAX_ENGINES 64
+#define FPW_IDLE_TICKS 4            /* periods without a call before the ticker sleeps */
 static struct { fpw_engine *engine; long refs; } fpw_engines[FPW_MAX_ENGINES];
 static pthread_mutex_t fpw_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t fpw_cv = PTHREAD_COND_INITIALIZER;
 static atomic_long fpw_inflight = 0;
+static atomic_int fpw_ticker_waiting = 0;   /* the ticker waits on fpw_cv for a call */
+static atomic_int fpw_recent = 0;           /* a call began since the ticker last looked */
 static int fpw_ticker_started = 0;
 static atomic_ulong fpw_ticks = 0;      /* epochs advanced, for tests and stats */
 
 static void *fpw_ticker_main(void *arg)
 {
-    /* The epoch counts FPW_TICK_NS periods of real time while calls are in
-     * flight: a late wake-up advances it by every period that passed, so a
-     * store's deadline in ticks stays a deadline in time. */
+    /* The epoch counts FPW_TICK_NS periods of real time from the moment a
+     * call wakes the ticker until FPW_IDLE_TICKS periods have passed without
+     * a call in flight or begun: a late wake-up advances it by every period
+     * that passed, so a store's deadline in ticks stays a deadline in time.
+     * A caller wakes the ticker only when it waits (fpw_call_begin): a stream
+     * of calls costs one atomic add each, no lock. */
     struct timespec period = {0, FPW_TICK_NS};
     int64_t next_ns, now;
-    int i;
+    int i, idle;
     (void)arg;
     pthread_mutex_lock(&fpw_mu);
     for (;;) {
-        while (atomic_load_explicit(&fpw_inflight, memory_order_acquire) == 0)
+        /* seq_cst store, then load: with fpw_call_begin's add, then load,
+         * either the caller sees the ticker waiting or the ticker sees the call */
+        atomic_store(&fpw_ticker_waiting, 1);
+        while (atomic_load(&fpw_inflight) == 0)
             pthread_cond_wait(&fpw_cv, &fpw_mu);       /* idle: no calls in flight */
+        atomic_store(&fpw_ticker_waiting, 0);
         next_ns = fpw_now_ns();
-        while (atomic_load_explicit(&fpw_inflight, memory_order_acquire) != 0) {
+        idle = 0;
+        while (idle < FPW_IDLE_TICKS) {
             pthread_mutex_unlock(&fpw_mu);
             nanosleep(&period, NULL);
             pthread_mutex_lock(&fpw_mu);
-            if (atomic_load_explicit(&fpw_inflight, memory_order_acquire) == 0)
-                break;
             now = fpw_now_ns();
             while (next_ns <= now) {
                 for (i = 0; i < FPW_MAX_ENGINES; i++)
@@ -277,6 +312,11 @@ static void *fpw_ticker_main(void *arg)
                 atomic_fetch_add_explicit(&fpw_ticks, 1, memory_order_relaxed);
                 next_ns += FPW_TICK_NS;
             }
+            if (atomic_load(&fpw_inflight) != 0
+                    || atomic_exchange_explicit(&fpw_recent, 0, memory_order_relaxed))
+                idle = 0;
+            else
+                idle++;
         }
     }
     return NULL;
@@ -320,7 +360,10 @@ static int fpw_engine_ref(fpw_engine *engine, int delta)
 
 static inline void fpw_call_begin(void)
 {
-    if (atomic_fetch_add_explicit(&fpw_inflight, 1, memory_order_acq_rel) == 0) {
+    atomic_fetch_add(&fpw_inflight, 1);
+    if (!atomic_load_explicit(&fpw_recent, memory_order_relaxed))
+        atomic_store_explicit(&fpw_recent, 1, memory_order_relaxed);
+    if (atomic_load(&fpw_ticker_waiting)) {
         pthread_mutex_lock(&fpw_mu);
         pthread_cond_signal(&fpw_cv);
         pthread_mutex_unlock(&fpw_mu);
@@ -330,6 +373,37 @@ static inline void fpw_call_begin(void)
 static inline void fpw_call_end(void)
 {
     atomic_fetch_sub_explicit(&fpw_inflight, 1, memory_order_acq_rel);
+}
+
+/* After the guest returned: hold the GIL again if the epoch callback let it go. */
+static inline void fpw_gil_back(fpw_inst *inst)
+{
+    inst->gil_held = 0;
+    if (inst->gil_saved != NULL) {
+        PyThreadState *ts = inst->gil_saved;
+        inst->gil_saved = NULL;
+        PyEval_RestoreThread(ts);
+    }
+}
+
+/* WasmHook is a Python subclass of HookCore: a heap type takes its tp_call from
+ * HookCore's `__call__` slot wrapper and, on Python 3.11, never inherits
+ * Py_TPFLAGS_HAVE_VECTORCALL, so `hook(...)` would build an args tuple.  Give
+ * it HookCore's entry (the caller checked it does not define __call__).  (On
+ * 3.11 a later assignment to its __call__ would go unseen by hook(...).) */
+static int fpw_inherit_vectorcall(PyTypeObject *type, PyTypeObject *base)
+{
+    if (!PyType_IsSubtype(type, base) || base->tp_call != PyVectorcall_Call
+            || base->tp_vectorcall_offset <= 0
+            || type->tp_vectorcall_offset != base->tp_vectorcall_offset) {
+        PyErr_Format(PyExc_TypeError, "%s cannot call through %s's vectorcall entry",
+                     type->tp_name, base->tp_name);
+        return -1;
+    }
+    type->tp_call = PyVectorcall_Call;
+    type->tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL;
+    PyType_Modified(type);
+    return 0;
 }
 
 /* ------------------------------------------------ guests' linear memory */
@@ -442,6 +516,7 @@ static inline long fpw_inflight_now(void) { return atomic_load(&fpw_inflight); }
 
 /* Sizes checked at import against the wasmtime package's ctypes layouts. */
 #define FPW_SIZEOF_VAL sizeof(fpw_val)
+#define FPW_SIZEOF_VAL_RAW sizeof(fpw_val_raw)
 #define FPW_SIZEOF_EXTERN sizeof(fpw_extern)
 #define FPW_SIZEOF_FUNC sizeof(fpw_func)
 #define FPW_SIZEOF_INSTANCE sizeof(fpw_instance)

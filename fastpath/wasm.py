@@ -441,6 +441,9 @@ class WasmHook(_wasm.HookCore):
                 f"idle_instances={self.idle_instances})")
 
 
+_wasm.inherit_vectorcall(WasmHook)
+
+
 async def _step(hook: WasmHook, budget: Any, args: Tuple[Any, ...]) -> Any:
     with _core_of(hook.constraints).uninterruptible():     # as in WasmHook.__call__
         return hook._call_under(budget, args)
