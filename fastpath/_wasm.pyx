@@ -253,10 +253,10 @@ cdef int _convert(void *out, uint8_t kind, object value, Py_ssize_t index, str l
                             f"({'i32' if kind == FPW_I32 else 'i64'}), got {value!r}")
         v = PyLong_AsLongLongAndOverflow(value, &overflow)
         if kind == FPW_I32:
-            if overflow or v < -2147483648 or v >= 4294967296:
+            if overflow or v < -2147483648LL or v >= 4294967296LL:
                 raise OverflowError(f"{_what(index, label, nresults)} does not fit an i32: "
                                     f"{value!r}")
-            (<int32_t *>out)[0] = <int32_t>(v - 4294967296 if v >= 2147483648 else v)
+            (<int32_t *>out)[0] = <int32_t>(v - 4294967296LL if v >= 2147483648LL else v)
         elif overflow == 0:
             (<int64_t *>out)[0] = <int64_t>v
         else:
