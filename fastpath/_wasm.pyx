@@ -157,8 +157,8 @@ cdef extern from "_fp_pytype.h":
         except -1
 
 cdef extern from "Python.h":
-    object PyObject_VectorcallMethod(object name, PyObject **args, size_t nargsf,
-                                     PyObject *kwnames)
+    object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf,
+                               PyObject *kwnames)
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
     PyObject **fpw_tuple_items "&PyTuple_GET_ITEM"(object t, Py_ssize_t i)
 
@@ -385,11 +385,19 @@ cdef class HookCore:
     cdef int64_t _cpu_ns            # that CPU allowance in ns, or -1
     cdef int64_t _grace_ns          # fail open: a late guest runs up to 2x max_exec_ms
     cdef int64_t _mem_limit         # _constraints.memory_limit_bytes, or -1
-    cdef object _current_budget     # current_budget() of _constraints' core
-    cdef object _fuel_for           # fuel for another budget's constraints
-    cdef object _defer              # uninterruptible() of _constraints' core
-    cdef object _defer_enter        # its bound __enter__ and __exit__
+    cdef int64_t _max_ns            # _constraints.max_exec_ms in ns (saturated)
+    # of _constraints' core: current_budget(), ExecutionConstraints.create_budget,
+    # ExecutionBudget.enforce (unbound: no lookup per call), an uninterruptible()
+    # and its bound __enter__ and __exit__
+    cdef object _current_budget
+    cdef object _create_budget
+    cdef object _enforce
+    cdef object _defer
+    cdef object _defer_enter
     cdef object _defer_exit
+    cdef object _fuel_for           # fuel for another budget's constraints
+    cdef object _own                # the budget hook(...) made and enforces now, or None
+    cdef int64_t _own_deadline_ns   # the guest's deadline under _own
     cdef object _keep               # Python objects the C side points into
     cdef readonly Py_ssize_t instances_created
     cdef bint _registered
@@ -398,8 +406,8 @@ cdef class HookCore:
         self._vectorcall = <void *>_hook_vectorcall
 
     def _setup(self, size_t engine, size_t module, str export, tuple params, tuple results,
-               list hosts, Py_ssize_t pool_max, constraints, tuple limits,
-               current_budget, fuel_for, defer, keep):
+               list hosts, Py_ssize_t pool_max, constraints, tuple limits, core, fuel_for,
+               keep):
         # hosts: (module, name, functype address, callable, params, results)
         cdef fpw_linker *linker
         cdef fpw_error *err
@@ -425,9 +433,12 @@ cdef class HookCore:
             raise MemoryError()
         self._constraints = constraints
         self._fuel, self._cpu_ns, self._mem_limit, self._grace_ns = limits
-        self._current_budget = current_budget
+        self._max_ns = min(<int64_t>constraints.max_exec_ms, 9223372036854) * 1000000
+        self._current_budget = core.current_budget
+        self._create_budget = core.ExecutionConstraints.create_budget
+        self._enforce = core.ExecutionBudget.enforce
         self._fuel_for = fuel_for
-        self._defer = defer
+        defer = self._defer = core.uninterruptible()
         self._defer_enter = defer.__enter__
         self._defer_exit = defer.__exit__
         host_objs = []
@@ -587,18 +598,17 @@ cdef class HookCore:
                             f"arguments, got {nargs}")
         for i in range(nargs):
             _convert(&vals[i], self._params[i], <object>args[i], i, None, 0)
-        remaining_ms = budget.remaining_ms()
-        if budget.constraints is self._constraints:
-            fuel, cpu_ns, mem_limit, grace_ns = (self._fuel, self._cpu_ns, self._mem_limit,
-                                                 self._grace_ns)
+        if budget is self._own:
+            fuel, cpu_ns, mem_limit = self._fuel, self._cpu_ns, self._mem_limit
+            deadline_ns = self._own_deadline_ns
         else:
-            fuel, cpu_ns, mem_limit, grace_ns = self._fuel_for(budget.constraints)
-        # (a remaining time or grace past 2**63 ns saturates: no deadline then)
-        deadline_ns = fpw_now_ns()
-        if remaining_ms * 1e6 + <double>grace_ns < 9.2e18 - <double>deadline_ns:
-            deadline_ns += <int64_t>(remaining_ms * 1e6) + grace_ns
-        else:
-            deadline_ns = 0x7FFFFFFFFFFFFFFF
+            remaining_ms = budget.remaining_ms()
+            if budget.constraints is self._constraints:
+                fuel, cpu_ns, mem_limit, grace_ns = (self._fuel, self._cpu_ns, self._mem_limit,
+                                                     self._grace_ns)
+            else:
+                fuel, cpu_ns, mem_limit, grace_ns = self._fuel_for(budget.constraints)
+            deadline_ns = _deadline_after(fpw_now_ns(), remaining_ms * 1e6 + <double>grace_ns)
         if self._nidle:
             self._nidle -= 1
             inst = self._idle[self._nidle]
@@ -695,27 +705,44 @@ cdef class HookCore:
         # finalizer of the garbage collector, say -- and be lost there).  Host
         # imports lift it while they run.
         cdef PyObject *vec[MAX_VALUES + 4]
+        cdef PyObject *exit_args[3]
         cdef Py_ssize_t i
+        cdef int64_t start_ns
+        cdef object outer
         if nargs != self._nparams:
             raise TypeError(f"export {self._export.decode()!r} takes {self._nparams} "
                             f"arguments, got {nargs}")
-        budget = self._current_budget()
-        self._defer_enter()
+        budget = PyObject_Vectorcall(self._current_budget, NULL, 0, NULL)
+        PyObject_Vectorcall(self._defer_enter, NULL, 0, NULL)
         try:
             if budget is not None:
                 return self._run(budget, args, nargs)
-            # budget.enforce(_RUN_UNDER, self, budget, *args), argument vector
-            # and all: no tuple, no bound method per call
-            budget = self._constraints.create_budget()
-            vec[0] = <PyObject *>budget
+            # ExecutionBudget.enforce(budget, HookCore._run_under, self, budget,
+            # *args) with the argument vector as it stands: no tuple, no bound
+            # method, no lookup per call.  The guest's deadline is the budget's,
+            # from a clock reading taken before it started (so never later).
             vec[1] = <PyObject *>_RUN_UNDER
             vec[2] = <PyObject *>self
-            vec[3] = <PyObject *>budget
             for i in range(nargs):
                 vec[4 + i] = args[i]
-            return PyObject_VectorcallMethod(_ENFORCE, vec, <size_t>(4 + nargs), NULL)
+            start_ns = fpw_now_ns()
+            vec[0] = <PyObject *>self._constraints
+            budget = PyObject_Vectorcall(self._create_budget, vec, 1, NULL)
+            vec[0] = vec[3] = <PyObject *>budget
+            # (_own, _own_deadline_ns) change together, GIL held: whatever
+            # budget _own is, the deadline is its own; another thread's call
+            # of this hook meanwhile only sends _run the slower way.
+            outer, outer_deadline_ns = self._own, self._own_deadline_ns
+            self._own = budget
+            self._own_deadline_ns = _deadline_after(start_ns, <double>self._max_ns
+                                                    + <double>self._grace_ns)
+            try:
+                return PyObject_Vectorcall(self._enforce, vec, <size_t>(4 + nargs), NULL)
+            finally:
+                self._own, self._own_deadline_ns = outer, outer_deadline_ns
         finally:
-            self._defer_exit(None, None, None)
+            exit_args[0] = exit_args[1] = exit_args[2] = <PyObject *>None
+            PyObject_Vectorcall(self._defer_exit, exit_args, 3, NULL)
 
     def __call__(self, *args):
         # Only an explicit hook.__call__(...) gets here: hook(...) goes through
@@ -743,7 +770,13 @@ fp_install_fastcall(HookCore, "_run_under", _run_under_fastcall,
                     "_run_under($self, budget, /, *args)\n--\n\n"
                     "The export's call under budget (hook(...) enforces it).")
 cdef object _RUN_UNDER = HookCore.__dict__["_run_under"]
-cdef object _ENFORCE = "enforce"
+
+
+cdef inline int64_t _deadline_after(int64_t now_ns, double ns) noexcept:
+    # now_ns + ns, saturated: a time past 2**63 ns is no deadline
+    if ns < 9.2e18 - <double>now_ns:
+        return now_ns + <int64_t>ns
+    return 0x7FFFFFFFFFFFFFFF
 
 
 def _vectorcall_offset_probe():
