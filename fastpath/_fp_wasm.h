@@ -268,7 +268,7 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
 
 /* ------------------------------------------------ the epoch ticker */
 #define FPW_MAX_ENGINES 64
-#define FPW_IDLE_TICKS 4            /* periods without a call before the ticker sleeps */
+#define FPW_IDLE_NS 1000000         /* time without a call before the ticker sleeps */
 static struct { fpw_engine *engine; long refs; } fpw_engines[FPW_MAX_ENGINES];
 static pthread_mutex_t fpw_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t fpw_cv = PTHREAD_COND_INITIALIZER;
@@ -281,14 +281,14 @@ static atomic_ulong fpw_ticks = 0;      /* epochs advanced, for tests and stats 
 static void *fpw_ticker_main(void *arg)
 {
     /* The epoch counts FPW_TICK_NS periods of real time from the moment a
-     * call wakes the ticker until FPW_IDLE_TICKS periods have passed without
-     * a call in flight or begun: a late wake-up advances it by every period
+     * call wakes the ticker until FPW_IDLE_NS has passed without a call in
+     * flight or begun (seen at a tick): a late wake-up advances it by every period
      * that passed, so a store's deadline in ticks stays a deadline in time.
      * A caller wakes the ticker only when it waits (fpw_call_begin): a stream
      * of calls costs one atomic add each, no lock. */
     struct timespec period = {0, FPW_TICK_NS};
-    int64_t next_ns, now;
-    int i, idle;
+    int64_t next_ns, now, busy_ns;
+    int i;
     (void)arg;
     pthread_mutex_lock(&fpw_mu);
     for (;;) {
@@ -298,9 +298,8 @@ static void *fpw_ticker_main(void *arg)
         while (atomic_load(&fpw_inflight) == 0)
             pthread_cond_wait(&fpw_cv, &fpw_mu);       /* idle: no calls in flight */
         atomic_store(&fpw_ticker_waiting, 0);
-        next_ns = fpw_now_ns();
-        idle = 0;
-        while (idle < FPW_IDLE_TICKS) {
+        next_ns = busy_ns = fpw_now_ns();
+        for (;;) {
             pthread_mutex_unlock(&fpw_mu);
             nanosleep(&period, NULL);
             pthread_mutex_lock(&fpw_mu);
@@ -314,9 +313,9 @@ static void *fpw_ticker_main(void *arg)
             }
             if (atomic_load(&fpw_inflight) != 0
                     || atomic_exchange_explicit(&fpw_recent, 0, memory_order_relaxed))
-                idle = 0;
-            else
-                idle++;
+                busy_ns = now;
+            else if (now - busy_ns >= FPW_IDLE_NS)
+                break;
         }
     }
     return NULL;

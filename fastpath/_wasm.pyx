@@ -398,6 +398,8 @@ cdef class HookCore:
     cdef object _fuel_for           # fuel for another budget's constraints
     cdef object _own                # the budget hook(...) made and enforces now, or None
     cdef int64_t _own_deadline_ns   # the guest's deadline under _own
+    cdef object _charged            # the int last charged to a budget (see _charge)
+    cdef int64_t _charged_bytes     # ... and its value
     cdef object _keep               # Python objects the C side points into
     cdef readonly Py_ssize_t instances_created
     cdef bint _registered
@@ -630,7 +632,7 @@ cdef class HookCore:
             else:
                 _destroy(inst)
             if charge:
-                budget.charge_memory(charge)
+                self._charge(budget, charge)
             if self._nresults == 1:
                 return _from_raw(&vals[0], self._results[0])
             if self._nresults == 0:
@@ -644,7 +646,7 @@ cdef class HookCore:
             fpw_api.context_get_fuel(inst.ctx, &fuel_left)
         text = _take_message(err, trap)
         if charge:
-            budget.charge_memory(charge)
+            self._charge(budget, charge)
         if inst.host_exc == NULL and not inst.deadline_hit and not inst.cpu_hit and (
                 code == FPW_TRAP_OUT_OF_FUEL or (fuel >= 0 and fuel_left == 0)):
             _destroy(inst)
@@ -652,6 +654,16 @@ cdef class HookCore:
         else:
             why = self._fail(inst, text)
         budget._raise_limit(_TIMEOUT if why == 1 else (_CPU if why == 2 else _MEMORY))
+
+    cdef int _charge(self, object budget, int64_t nbytes) except -1:
+        # The guest's linear memory onto the budget; a hook's guests mostly
+        # have the same size call after call: one int object for it, not one
+        # allocated (and counted by a memory-limited budget) per call.
+        if nbytes != self._charged_bytes or self._charged is None:
+            self._charged = nbytes
+            self._charged_bytes = nbytes
+        budget.charge_memory(self._charged)
+        return 0
 
     def _warm(self, int64_t max_ns):
         """Instantiate one instance into the pool, outside any budget."""
@@ -719,15 +731,17 @@ cdef class HookCore:
                 return self._run(budget, args, nargs)
             # ExecutionBudget.enforce(budget, HookCore._run_under, self, budget,
             # *args) with the argument vector as it stands: no tuple, no bound
-            # method, no lookup per call.  The guest's deadline is the budget's,
-            # from a clock reading taken before it started (so never later).
+            # method, no lookup per call.  The guest's deadline is max_exec_ms
+            # from a clock reading taken just after the budget started: never
+            # before the budget's own (the first budget of a process can take
+            # milliseconds to start), later by the time that reading takes.
             vec[1] = <PyObject *>_RUN_UNDER
             vec[2] = <PyObject *>self
             for i in range(nargs):
                 vec[4 + i] = args[i]
-            start_ns = fpw_now_ns()
             vec[0] = <PyObject *>self._constraints
             budget = PyObject_Vectorcall(self._create_budget, vec, 1, NULL)
+            start_ns = fpw_now_ns()
             vec[0] = vec[3] = <PyObject *>budget
             # (_own, _own_deadline_ns) change together, GIL held: whatever
             # budget _own is, the deadline is its own; another thread's call
