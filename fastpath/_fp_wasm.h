@@ -226,6 +226,23 @@ static __thread fpw_inst *fpw_creating = NULL;
 /* ------------------------------------------------ the epoch deadline */
 #define FPW_TICK_NS 500000          /* epoch period while a call is in flight */
 
+/* When the ticker's next tick falls due (CLOCK_MONOTONIC; in the past while it
+ * sleeps): its ticks follow a grid of FPW_TICK_NS from its wake-up. */
+static _Atomic int64_t fpw_next_tick_ns = 0;
+
+/* Ticks from now to the first one at or after deadline_ns (at least 1): a
+ * store's epoch deadline that stops its guest on the first tick past its
+ * deadline, not up to a period later. */
+static inline uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
+{
+    int64_t first = atomic_load_explicit(&fpw_next_tick_ns, memory_order_relaxed);
+    if (first <= now)
+        first = now + FPW_TICK_NS;      /* asleep (wakes with the call), or ticking now */
+    if (deadline_ns <= first)
+        return 1;
+    return (uint64_t)((deadline_ns - first + FPW_TICK_NS - 1) / FPW_TICK_NS) + 1;
+}
+
 static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *delta,
                                      uint8_t *update_kind)
 {
@@ -236,7 +253,7 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
      * the call's, so it never stops a guest early, and misses at most the
      * first tick. */
     fpw_inst *inst = (fpw_inst *)data;
-    int64_t left, cpu;
+    int64_t now, left, cpu;
     (void)ctx;
     if (inst->gil_held) {
         /* The guest was entered with the GIL held (a call of a microsecond
@@ -245,7 +262,8 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
         inst->gil_held = 0;
         inst->gil_saved = PyEval_SaveThread();
     }
-    left = inst->deadline_ns - fpw_now_ns();
+    now = fpw_now_ns();
+    left = inst->deadline_ns - now;
     if (left <= 0) {
         inst->deadline_hit = 1;
         return fpw_api.error_new("fastpath: wall-clock deadline reached (epoch interruption)");
@@ -262,7 +280,7 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
         *delta = 1;
         return NULL;
     }
-    *delta = (uint64_t)(left / FPW_TICK_NS) + 1;
+    *delta = fpw_ticks_until(inst->deadline_ns, now);
     return NULL;
 }
 
@@ -299,6 +317,7 @@ static void *fpw_ticker_main(void *arg)
             pthread_cond_wait(&fpw_cv, &fpw_mu);       /* idle: no calls in flight */
         atomic_store(&fpw_ticker_waiting, 0);
         next_ns = busy_ns = fpw_now_ns();
+        atomic_store_explicit(&fpw_next_tick_ns, next_ns + FPW_TICK_NS, memory_order_relaxed);
         for (;;) {
             pthread_mutex_unlock(&fpw_mu);
             nanosleep(&period, NULL);
@@ -311,6 +330,7 @@ static void *fpw_ticker_main(void *arg)
                 atomic_fetch_add_explicit(&fpw_ticks, 1, memory_order_relaxed);
                 next_ns += FPW_TICK_NS;
             }
+            atomic_store_explicit(&fpw_next_tick_ns, next_ns, memory_order_relaxed);
             if (atomic_load(&fpw_inflight) != 0
                     || atomic_exchange_explicit(&fpw_recent, 0, memory_order_relaxed))
                 busy_ns = now;

@@ -135,6 +135,7 @@ cdef extern from "_fp_wasm.h" nogil:
     void fpw_call_end()
     void fpw_set_creating(fpw_inst *inst)
     void fpw_gil_back(fpw_inst *inst)
+    uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
     const fpw_memory_creator fpw_memory_creator_def
     unsigned long fpw_ticks_now()
     long fpw_inflight_now()
@@ -544,8 +545,8 @@ cdef class HookCore:
         # The call's deadline (and CPU allowance, or a guest entered holding
         # the GIL: the epoch callback then comes from the first tick on) into
         # the instance.
-        cdef int64_t left = deadline_ns - fpw_now_ns()
-        cdef int64_t ticks = left // FPW_TICK_NS + 1 if left > 0 else 0
+        cdef int64_t now = fpw_now_ns()
+        cdef uint64_t ticks = fpw_ticks_until(deadline_ns, now) if deadline_ns > now else 0
         inst.deadline_ns = deadline_ns
         inst.deadline_hit = 0
         inst.cpu_allow_ns = cpu_ns
@@ -555,7 +556,7 @@ cdef class HookCore:
         inst.gil_held = gil_held
         if (cpu_ns >= 0 or gil_held) and ticks > 1:
             ticks = 1
-        fpw_api.context_set_epoch_deadline(inst.ctx, <uint64_t>ticks)
+        fpw_api.context_set_epoch_deadline(inst.ctx, ticks)
 
     cdef int _fail(self, fpw_inst *inst, str text) except -1:
         # The guest (or its start function) stopped: say why, drop the instance.
