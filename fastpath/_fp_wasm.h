@@ -229,6 +229,20 @@ static __thread fpw_inst *fpw_creating = NULL;
 /* When the ticker's next tick falls due (CLOCK_MONOTONIC; in the past while it
  * sleeps): its ticks follow a grid of FPW_TICK_NS from its wake-up. */
 static _Atomic int64_t fpw_next_tick_ns = 0;
+/* The earliest deadline a call asked the ticker to wake for (INT64_MAX: none):
+ * the ticker also ticks then, off its grid, so a guest whose deadline falls
+ * between two ticks is stopped at it, not up to a period later. */
+static _Atomic int64_t fpw_wake_at_ns = INT64_MAX;
+
+static inline void fpw_wake_at(int64_t deadline_ns)
+{
+    int64_t cur = atomic_load_explicit(&fpw_wake_at_ns, memory_order_relaxed);
+    while (deadline_ns < cur
+           && !atomic_compare_exchange_weak_explicit(&fpw_wake_at_ns, &cur, deadline_ns,
+                                                     memory_order_relaxed,
+                                                     memory_order_relaxed)) {
+    }
+}
 
 /* Ticks from now to the first one at or after deadline_ns (at least 1): a
  * store's epoch deadline that stops its guest on the first tick past its
@@ -269,6 +283,7 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
         return fpw_api.error_new("fastpath: wall-clock deadline reached (epoch interruption)");
     }
     *update_kind = 0;       /* WASMTIME_UPDATE_DEADLINE_CONTINUE */
+    fpw_wake_at(inst->deadline_ns);     /* (an earlier call's wake-up may have taken its place) */
     if (inst->cpu_allow_ns >= 0) {
         cpu = fpw_thread_cpu_ns();
         if (inst->cpu_base_ns < 0) {
@@ -304,9 +319,9 @@ static void *fpw_ticker_main(void *arg)
      * that passed, so a store's deadline in ticks stays a deadline in time.
      * A caller wakes the ticker only when it waits (fpw_call_begin): a stream
      * of calls costs one atomic add each, no lock. */
-    struct timespec period = {0, FPW_TICK_NS};
-    int64_t next_ns, now, busy_ns;
-    int i;
+    struct timespec until;
+    int64_t next_ns, now, busy_ns, wake_ns;
+    int i, ticks;
     (void)arg;
     pthread_mutex_lock(&fpw_mu);
     for (;;) {
@@ -319,16 +334,37 @@ static void *fpw_ticker_main(void *arg)
         next_ns = busy_ns = fpw_now_ns();
         atomic_store_explicit(&fpw_next_tick_ns, next_ns + FPW_TICK_NS, memory_order_relaxed);
         for (;;) {
+            /* sleep to the next grid point, or to a call's deadline before it */
+            wake_ns = atomic_load_explicit(&fpw_wake_at_ns, memory_order_relaxed);
+            if (wake_ns > next_ns)
+                wake_ns = next_ns;
+            until.tv_sec = (time_t)(wake_ns / 1000000000);
+            until.tv_nsec = (long)(wake_ns % 1000000000);
             pthread_mutex_unlock(&fpw_mu);
-            nanosleep(&period, NULL);
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR) {
+            }
             pthread_mutex_lock(&fpw_mu);
             now = fpw_now_ns();
+            ticks = 0;
             while (next_ns <= now) {
+                ticks++;
+                next_ns += FPW_TICK_NS;
+            }
+            /* a deadline due: tick (an extra tick costs a store with time left
+             * one early callback, which reads the clock and goes on) */
+            wake_ns = atomic_load_explicit(&fpw_wake_at_ns, memory_order_relaxed);
+            if (wake_ns <= now) {
+                atomic_compare_exchange_strong_explicit(&fpw_wake_at_ns, &wake_ns, INT64_MAX,
+                                                        memory_order_relaxed,
+                                                        memory_order_relaxed);
+                if (ticks == 0)
+                    ticks = 1;
+            }
+            for (; ticks > 0; ticks--) {
                 for (i = 0; i < FPW_MAX_ENGINES; i++)
                     if (fpw_engines[i].refs > 0)
                         fpw_api.engine_increment_epoch(fpw_engines[i].engine);
                 atomic_fetch_add_explicit(&fpw_ticks, 1, memory_order_relaxed);
-                next_ns += FPW_TICK_NS;
             }
             atomic_store_explicit(&fpw_next_tick_ns, next_ns, memory_order_relaxed);
             if (atomic_load(&fpw_inflight) != 0

@@ -136,6 +136,7 @@ cdef extern from "_fp_wasm.h" nogil:
     void fpw_set_creating(fpw_inst *inst)
     void fpw_gil_back(fpw_inst *inst)
     uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
+    void fpw_wake_at(int64_t deadline_ns)
     const fpw_memory_creator fpw_memory_creator_def
     unsigned long fpw_ticks_now()
     long fpw_inflight_now()
@@ -557,6 +558,7 @@ cdef class HookCore:
         if (cpu_ns >= 0 or gil_held) and ticks > 1:
             ticks = 1
         fpw_api.context_set_epoch_deadline(inst.ctx, ticks)
+        fpw_wake_at(deadline_ns)
 
     cdef int _fail(self, fpw_inst *inst, str text) except -1:
         # The guest (or its start function) stopped: say why, drop the instance.
