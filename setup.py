@@ -91,7 +91,8 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=macros,
-        depends=["fastpath/_fp_wasm.h"],
+        depends=["fastpath/_fp_wasm.h", "fastpath/_fp_rules.h", "fastpath/_fp_pytype.h",
+                 "fastpath/_fp_common.h"],
     ),
 ]
 

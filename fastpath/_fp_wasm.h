@@ -12,6 +12,8 @@
 #ifndef FP_WASM_H
 #define FP_WASM_H
 
+#include <Python.h>
+
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
@@ -56,6 +58,20 @@ typedef union {
     uint64_t raw[3];
 } fpw_valunion;
 typedef struct { uint8_t kind; fpw_valunion of; } fpw_val;
+
+/* wasmtime_val_raw_t: what wasmtime_func_call_unchecked reads the arguments
+ * from and writes the results to (no kind: the function's type says). */
+typedef union {
+    int32_t i32;
+    int64_t i64;
+    float f32;
+    double f64;
+    uint8_t v128[16];
+    uint32_t anyref;
+    uint32_t externref;
+    uint32_t exnref;
+    void *funcref;
+} fpw_val_raw;
 
 /* wasmtime_extern_t */
 #define FPW_EXTERN_FUNC 0
@@ -111,8 +127,8 @@ typedef struct {
     void (*instance_pre_delete)(fpw_instance_pre *);
     int (*instance_export_get)(fpw_context *, const fpw_instance *, const char *, size_t,
                                fpw_extern *);
-    fpw_error *(*func_call)(fpw_context *, const fpw_func *, const fpw_val *, size_t,
-                            fpw_val *, size_t, fpw_trap **);
+    fpw_error *(*func_call_unchecked)(fpw_context *, const fpw_func *, fpw_val_raw *, size_t,
+                                      fpw_trap **);
     int (*trap_code)(const fpw_trap *, uint8_t *);
     void (*trap_message)(const fpw_trap *, fpw_byte_vec *);
     void (*trap_delete)(fpw_trap *);
@@ -156,7 +172,7 @@ static const char *fpw_resolve(const char *path)
     FPW_SYM(instance_pre_instantiate, "wasmtime_instance_pre_instantiate");
     FPW_SYM(instance_pre_delete, "wasmtime_instance_pre_delete");
     FPW_SYM(instance_export_get, "wasmtime_instance_export_get");
-    FPW_SYM(func_call, "wasmtime_func_call");
+    FPW_SYM(func_call_unchecked, "wasmtime_func_call_unchecked");
     FPW_SYM(trap_code, "wasmtime_trap_code");
     FPW_SYM(trap_message, "wasm_trap_message");
     FPW_SYM(trap_delete, "wasm_trap_delete");
@@ -200,6 +216,8 @@ typedef struct fpw_inst {
     int64_t mem_refused;        /* largest size a refused grow asked for (this call), or 0 */
     int64_t mem_bytes;          /* linear memory bytes of this instance (all memories) */
     void *host_exc;             /* PyObject*: an exception a host import raised (owned) */
+    int gil_held;               /* the guest was entered holding the GIL, not yet released */
+    PyThreadState *gil_saved;   /* the epoch callback released the GIL: the thread state */
 } fpw_inst;
 
 /* The instance being created on this thread: its linear memories belong to it. */
@@ -207,6 +225,37 @@ static __thread fpw_inst *fpw_creating = NULL;
 
 /* ------------------------------------------------ the epoch deadline */
 #define FPW_TICK_NS 500000          /* epoch period while a call is in flight */
+
+/* When the ticker's next tick falls due (CLOCK_MONOTONIC; in the past while it
+ * sleeps): its ticks follow a grid of FPW_TICK_NS from its wake-up. */
+static _Atomic int64_t fpw_next_tick_ns = 0;
+/* The earliest deadline a call asked the ticker to wake for (INT64_MAX: none):
+ * the ticker also ticks then, off its grid, so a guest whose deadline falls
+ * between two ticks is stopped at it, not up to a period later. */
+static _Atomic int64_t fpw_wake_at_ns = INT64_MAX;
+
+static inline void fpw_wake_at(int64_t deadline_ns)
+{
+    int64_t cur = atomic_load_explicit(&fpw_wake_at_ns, memory_order_relaxed);
+    while (deadline_ns < cur
+           && !atomic_compare_exchange_weak_explicit(&fpw_wake_at_ns, &cur, deadline_ns,
+                                                     memory_order_relaxed,
+                                                     memory_order_relaxed)) {
+    }
+}
+
+/* Ticks from now to the first one at or after deadline_ns (at least 1): a
+ * store's epoch deadline that stops its guest on the first tick past its
+ * deadline, not up to a period later. */
+static inline uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
+{
+    int64_t first = atomic_load_explicit(&fpw_next_tick_ns, memory_order_relaxed);
+    if (first <= now)
+        first = now + FPW_TICK_NS;      /* asleep (wakes with the call), or ticking now */
+    if (deadline_ns <= first)
+        return 1;
+    return (uint64_t)((deadline_ns - first + FPW_TICK_NS - 1) / FPW_TICK_NS) + 1;
+}
 
 static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *delta,
                                      uint8_t *update_kind)
@@ -218,13 +267,23 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
      * the call's, so it never stops a guest early, and misses at most the
      * first tick. */
     fpw_inst *inst = (fpw_inst *)data;
-    int64_t left = inst->deadline_ns - fpw_now_ns(), cpu;
+    int64_t now, left, cpu;
     (void)ctx;
+    if (inst->gil_held) {
+        /* The guest was entered with the GIL held (a call of a microsecond
+         * is not worth the hand-off); from its first tick on it runs
+         * without, so other threads do.  fpw_gil_back takes it back. */
+        inst->gil_held = 0;
+        inst->gil_saved = PyEval_SaveThread();
+    }
+    now = fpw_now_ns();
+    left = inst->deadline_ns - now;
     if (left <= 0) {
         inst->deadline_hit = 1;
         return fpw_api.error_new("fastpath: wall-clock deadline reached (epoch interruption)");
     }
     *update_kind = 0;       /* WASMTIME_UPDATE_DEADLINE_CONTINUE */
+    fpw_wake_at(inst->deadline_ns);     /* (an earlier call's wake-up may have taken its place) */
     if (inst->cpu_allow_ns >= 0) {
         cpu = fpw_thread_cpu_ns();
         if (inst->cpu_base_ns < 0) {
@@ -236,47 +295,83 @@ static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *del
         *delta = 1;
         return NULL;
     }
-    *delta = (uint64_t)(left / FPW_TICK_NS) + 1;
+    *delta = fpw_ticks_until(inst->deadline_ns, now);
     return NULL;
 }
 
 /* ------------------------------------------------ the epoch ticker */
 #define FPW_MAX_ENGINES 64
+#define FPW_IDLE_NS 1000000         /* time without a call before the ticker sleeps */
 static struct { fpw_engine *engine; long refs; } fpw_engines[FPW_MAX_ENGINES];
 static pthread_mutex_t fpw_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t fpw_cv = PTHREAD_COND_INITIALIZER;
 static atomic_long fpw_inflight = 0;
+static atomic_int fpw_ticker_waiting = 0;   /* the ticker waits on fpw_cv for a call */
+static atomic_int fpw_recent = 0;           /* a call began since the ticker last looked */
 static int fpw_ticker_started = 0;
 static atomic_ulong fpw_ticks = 0;      /* epochs advanced, for tests and stats */
 
 static void *fpw_ticker_main(void *arg)
 {
-    /* The epoch counts FPW_TICK_NS periods of real time while calls are in
-     * flight: a late wake-up advances it by every period that passed, so a
-     * store's deadline in ticks stays a deadline in time. */
-    struct timespec period = {0, FPW_TICK_NS};
-    int64_t next_ns, now;
-    int i;
+    /* The epoch counts FPW_TICK_NS periods of real time from the moment a
+     * call wakes the ticker until FPW_IDLE_NS has passed without a call in
+     * flight or begun (seen at a tick): a late wake-up advances it by every period
+     * that passed, so a store's deadline in ticks stays a deadline in time.
+     * A caller wakes the ticker only when it waits (fpw_call_begin): a stream
+     * of calls costs one atomic add each, no lock. */
+    struct timespec until;
+    int64_t next_ns, now, busy_ns, wake_ns;
+    int i, ticks;
     (void)arg;
     pthread_mutex_lock(&fpw_mu);
     for (;;) {
-        while (atomic_load_explicit(&fpw_inflight, memory_order_acquire) == 0)
+        /* seq_cst store, then load: with fpw_call_begin's add, then load,
+         * either the caller sees the ticker waiting or the ticker sees the call */
+        atomic_store(&fpw_ticker_waiting, 1);
+        while (atomic_load(&fpw_inflight) == 0)
             pthread_cond_wait(&fpw_cv, &fpw_mu);       /* idle: no calls in flight */
-        next_ns = fpw_now_ns();
-        while (atomic_load_explicit(&fpw_inflight, memory_order_acquire) != 0) {
+        atomic_store(&fpw_ticker_waiting, 0);
+        next_ns = busy_ns = fpw_now_ns();
+        atomic_store_explicit(&fpw_next_tick_ns, next_ns + FPW_TICK_NS, memory_order_relaxed);
+        for (;;) {
+            /* sleep to the next grid point, or to a call's deadline before it */
+            wake_ns = atomic_load_explicit(&fpw_wake_at_ns, memory_order_relaxed);
+            if (wake_ns > next_ns)
+                wake_ns = next_ns;
+            until.tv_sec = (time_t)(wake_ns / 1000000000);
+            until.tv_nsec = (long)(wake_ns % 1000000000);
             pthread_mutex_unlock(&fpw_mu);
-            nanosleep(&period, NULL);
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR) {
+            }
             pthread_mutex_lock(&fpw_mu);
-            if (atomic_load_explicit(&fpw_inflight, memory_order_acquire) == 0)
-                break;
             now = fpw_now_ns();
+            ticks = 0;
             while (next_ns <= now) {
+                ticks++;
+                next_ns += FPW_TICK_NS;
+            }
+            /* a deadline due: tick (an extra tick costs a store with time left
+             * one early callback, which reads the clock and goes on) */
+            wake_ns = atomic_load_explicit(&fpw_wake_at_ns, memory_order_relaxed);
+            if (wake_ns <= now) {
+                atomic_compare_exchange_strong_explicit(&fpw_wake_at_ns, &wake_ns, INT64_MAX,
+                                                        memory_order_relaxed,
+                                                        memory_order_relaxed);
+                if (ticks == 0)
+                    ticks = 1;
+            }
+            for (; ticks > 0; ticks--) {
                 for (i = 0; i < FPW_MAX_ENGINES; i++)
                     if (fpw_engines[i].refs > 0)
                         fpw_api.engine_increment_epoch(fpw_engines[i].engine);
                 atomic_fetch_add_explicit(&fpw_ticks, 1, memory_order_relaxed);
-                next_ns += FPW_TICK_NS;
             }
+            atomic_store_explicit(&fpw_next_tick_ns, next_ns, memory_order_relaxed);
+            if (atomic_load(&fpw_inflight) != 0
+                    || atomic_exchange_explicit(&fpw_recent, 0, memory_order_relaxed))
+                busy_ns = now;
+            else if (now - busy_ns >= FPW_IDLE_NS)
+                break;
         }
     }
     return NULL;
@@ -320,7 +415,10 @@ static int fpw_engine_ref(fpw_engine *engine, int delta)
 
 static inline void fpw_call_begin(void)
 {
-    if (atomic_fetch_add_explicit(&fpw_inflight, 1, memory_order_acq_rel) == 0) {
+    atomic_fetch_add(&fpw_inflight, 1);
+    if (!atomic_load_explicit(&fpw_recent, memory_order_relaxed))
+        atomic_store_explicit(&fpw_recent, 1, memory_order_relaxed);
+    if (atomic_load(&fpw_ticker_waiting)) {
         pthread_mutex_lock(&fpw_mu);
         pthread_cond_signal(&fpw_cv);
         pthread_mutex_unlock(&fpw_mu);
@@ -330,6 +428,37 @@ static inline void fpw_call_begin(void)
 static inline void fpw_call_end(void)
 {
     atomic_fetch_sub_explicit(&fpw_inflight, 1, memory_order_acq_rel);
+}
+
+/* After the guest returned: hold the GIL again if the epoch callback let it go. */
+static inline void fpw_gil_back(fpw_inst *inst)
+{
+    inst->gil_held = 0;
+    if (inst->gil_saved != NULL) {
+        PyThreadState *ts = inst->gil_saved;
+        inst->gil_saved = NULL;
+        PyEval_RestoreThread(ts);
+    }
+}
+
+/* WasmHook is a Python subclass of HookCore: a heap type takes its tp_call from
+ * HookCore's `__call__` slot wrapper and, on Python 3.11, never inherits
+ * Py_TPFLAGS_HAVE_VECTORCALL, so `hook(...)` would build an args tuple.  Give
+ * it HookCore's entry (the caller checked it does not define __call__).  (On
+ * 3.11 a later assignment to its __call__ would go unseen by hook(...).) */
+static int fpw_inherit_vectorcall(PyTypeObject *type, PyTypeObject *base)
+{
+    if (!PyType_IsSubtype(type, base) || base->tp_call != PyVectorcall_Call
+            || base->tp_vectorcall_offset <= 0
+            || type->tp_vectorcall_offset != base->tp_vectorcall_offset) {
+        PyErr_Format(PyExc_TypeError, "%s cannot call through %s's vectorcall entry",
+                     type->tp_name, base->tp_name);
+        return -1;
+    }
+    type->tp_call = PyVectorcall_Call;
+    type->tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL;
+    PyType_Modified(type);
+    return 0;
 }
 
 /* ------------------------------------------------ guests' linear memory */
@@ -442,6 +571,7 @@ static inline long fpw_inflight_now(void) { return atomic_load(&fpw_inflight); }
 
 /* Sizes checked at import against the wasmtime package's ctypes layouts. */
 #define FPW_SIZEOF_VAL sizeof(fpw_val)
+#define FPW_SIZEOF_VAL_RAW sizeof(fpw_val_raw)
 #define FPW_SIZEOF_EXTERN sizeof(fpw_extern)
 #define FPW_SIZEOF_FUNC sizeof(fpw_func)
 #define FPW_SIZEOF_INSTANCE sizeof(fpw_instance)

@@ -8,8 +8,10 @@ stays with wasmtime-py, in fastpath/wasm.py.
 """
 
 cimport cython
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport calloc, free
 
@@ -56,6 +58,11 @@ cdef extern from "_fp_wasm.h" nogil:
     ctypedef struct fpw_val:
         uint8_t kind
         fpw_valunion of
+    ctypedef union fpw_val_raw:
+        int32_t i32
+        int64_t i64
+        float f32
+        double f64
     ctypedef struct fpw_extern_union:
         fpw_func func
     ctypedef struct fpw_extern:
@@ -91,8 +98,8 @@ cdef extern from "_fp_wasm.h" nogil:
         void (*instance_pre_delete)(fpw_instance_pre *)
         int (*instance_export_get)(fpw_context *, const fpw_instance *, const char *, size_t,
                                    fpw_extern *)
-        fpw_error *(*func_call)(fpw_context *, const fpw_func *, const fpw_val *, size_t,
-                                fpw_val *, size_t, fpw_trap **) noexcept nogil
+        fpw_error *(*func_call_unchecked)(fpw_context *, const fpw_func *, fpw_val_raw *,
+                                          size_t, fpw_trap **) noexcept nogil
         int (*trap_code)(const fpw_trap *, uint8_t *)
         void (*trap_message)(const fpw_trap *, fpw_byte_vec *)
         void (*trap_delete)(fpw_trap *)
@@ -116,6 +123,7 @@ cdef extern from "_fp_wasm.h" nogil:
         int64_t mem_refused
         int64_t mem_bytes
         void *host_exc
+        int gil_held
 
     fpw_api_t fpw_api
     const char *fpw_resolve(const char *path)
@@ -126,6 +134,9 @@ cdef extern from "_fp_wasm.h" nogil:
     void fpw_call_begin()
     void fpw_call_end()
     void fpw_set_creating(fpw_inst *inst)
+    void fpw_gil_back(fpw_inst *inst)
+    uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
+    void fpw_wake_at(int64_t deadline_ns)
     const fpw_memory_creator fpw_memory_creator_def
     unsigned long fpw_ticks_now()
     long fpw_inflight_now()
@@ -133,7 +144,25 @@ cdef extern from "_fp_wasm.h" nogil:
     int FPW_EXTERN_FUNC
     int FPW_TRAP_OUT_OF_FUEL
     int FPW_I32, FPW_I64, FPW_F32, FPW_F64
-    size_t FPW_SIZEOF_VAL, FPW_SIZEOF_EXTERN, FPW_SIZEOF_FUNC, FPW_SIZEOF_INSTANCE
+    size_t FPW_SIZEOF_VAL, FPW_SIZEOF_VAL_RAW, FPW_SIZEOF_EXTERN, FPW_SIZEOF_FUNC
+    size_t FPW_SIZEOF_INSTANCE
+
+cdef extern from "_fp_wasm.h":
+    int fpw_inherit_vectorcall(type tp, type base) except -1
+
+cdef extern from "_fp_rules.h":
+    int fp_enable_vectorcall(type tp, Py_ssize_t offset) except -1
+
+cdef extern from "_fp_pytype.h":
+    ctypedef object (*fp_fastcall_fn)(object, PyObject **, Py_ssize_t, PyObject *)
+    int fp_install_fastcall(type tp, const char *name, fp_fastcall_fn fn, const char *doc) \
+        except -1
+
+cdef extern from "Python.h":
+    object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf,
+                               PyObject *kwnames)
+    Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+    PyObject **fpw_tuple_items "&PyTuple_GET_ITEM"(object t, Py_ssize_t i)
 
 
 # Fuel when no CPU allowance applies: wasmtime keeps fuel as an i64.
@@ -148,7 +177,8 @@ cdef object WasmTrap = None     # fastpath.wasm.WasmTrap, bound by load()
 cdef bint _loaded = False
 
 TICK_NS = FPW_TICK_NS
-SIZES = {"wasmtime_val": FPW_SIZEOF_VAL, "wasmtime_extern": FPW_SIZEOF_EXTERN,
+SIZES = {"wasmtime_val": FPW_SIZEOF_VAL, "wasmtime_val_raw": FPW_SIZEOF_VAL_RAW,
+         "wasmtime_extern": FPW_SIZEOF_EXTERN,
          "wasmtime_func": FPW_SIZEOF_FUNC, "wasmtime_instance": FPW_SIZEOF_INSTANCE}
 KINDS = {"i32": FPW_I32, "i64": FPW_I64, "f32": FPW_F32, "f64": FPW_F64}
 
@@ -201,42 +231,74 @@ cdef str _take_message(fpw_error *err, fpw_trap *trap):
     return text
 
 
-cdef int _to_val(fpw_val *out, uint8_t kind, object value, str what) except -1:
-    # One Python argument into a wasmtime_val_t of the declared kind.
-    out.kind = kind
+cdef str _what(Py_ssize_t index, str label, Py_ssize_t nresults):
+    # Names the value _convert refused (built only then): an argument of the
+    # export, or a result of the host import `label`.
+    if label is None:
+        return f"argument {index}"
+    if nresults == 1:
+        return f"the result of {label}"
+    return f"result {index} of {label}"
+
+
+cdef int _convert(void *out, uint8_t kind, object value, Py_ssize_t index, str label,
+                  Py_ssize_t nresults) except -1:
+    # One Python value into the i32/i64/f32/f64 member of a wasmtime value
+    # union (wasmtime_val_raw_t or wasmtime_val_t's `of`: the member at offset 0).
+    cdef long long v
+    cdef unsigned long long u
+    cdef int overflow = 0
+    cdef double d
     if kind == FPW_I32 or kind == FPW_I64:
-        if type(value) is not int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{what} must be an int ({'i32' if kind == FPW_I32 else 'i64'})"
-                                f", got {value!r}")
+        if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{_what(index, label, nresults)} must be an int "
+                            f"({'i32' if kind == FPW_I32 else 'i64'}), got {value!r}")
+        v = PyLong_AsLongLongAndOverflow(value, &overflow)
         if kind == FPW_I32:
-            if not -(1 << 31) <= value < (1 << 32):
-                raise OverflowError(f"{what} does not fit an i32: {value!r}")
-            out.of.i32 = <int32_t>(<int64_t>value if value < (1 << 31) else
-                                   <int64_t>(value - (1 << 32)))
+            if overflow or v < -2147483648LL or v >= 4294967296LL:
+                raise OverflowError(f"{_what(index, label, nresults)} does not fit an i32: "
+                                    f"{value!r}")
+            (<int32_t *>out)[0] = <int32_t>(v - 4294967296LL if v >= 2147483648LL else v)
+        elif overflow == 0:
+            (<int64_t *>out)[0] = <int64_t>v
         else:
-            if not -(1 << 63) <= value < (1 << 64):
-                raise OverflowError(f"{what} does not fit an i64: {value!r}")
-            out.of.i64 = <int64_t>value if value < (1 << 63) else <int64_t>(value - (1 << 64))
+            u = 0
+            if overflow > 0:
+                try:
+                    u = PyLong_AsUnsignedLongLong(value)    # 2**63 <= value < 2**64
+                except OverflowError:
+                    overflow = -1
+            if overflow < 0:
+                raise OverflowError(f"{_what(index, label, nresults)} does not fit an i64: "
+                                    f"{value!r}")
+            (<int64_t *>out)[0] = <int64_t>u      # two's complement, as wasm reads it
     else:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{what} must be a float ({'f32' if kind == FPW_F32 else 'f64'})"
-                            f", got {value!r}")
-        if kind == FPW_F32:
-            out.of.f32 = <float>value
+        if type(value) is float:
+            d = <double>value
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{_what(index, label, nresults)} must be a float "
+                            f"({'f32' if kind == FPW_F32 else 'f64'}), got {value!r}")
         else:
-            out.of.f64 = <double>value
+            d = <double>value
+        if kind == FPW_F32:
+            (<float *>out)[0] = <float>d
+        else:
+            (<double *>out)[0] = d
     return 0
 
 
 cdef inline object _from_val(const fpw_val *v):
-    if v.kind == FPW_I32:
-        return v.of.i32
-    if v.kind == FPW_I64:
-        return v.of.i64
-    if v.kind == FPW_F32:
-        return v.of.f32
-    return v.of.f64
+    return _from_raw(<const fpw_val_raw *>&v.of, v.kind)
+
+
+cdef inline object _from_raw(const fpw_val_raw *v, uint8_t kind):
+    if kind == FPW_I32:
+        return v.i32
+    if kind == FPW_I64:
+        return v.i64
+    if kind == FPW_F32:
+        return v.f32
+    return v.f64
 
 
 @cython.final
@@ -273,15 +335,16 @@ cdef fpw_trap *_host_call(void *env, fpw_caller *caller, const fpw_val *args, si
             if out is not None:
                 raise TypeError(f"host import {host.label} declares no results, "
                                 f"returned {out!r}")
-        elif host.nresults == 1:
-            _to_val(&results[0], host.results[0], out, f"the result of {host.label}")
         else:
-            out = tuple(out)
-            if len(out) != host.nresults:
-                raise TypeError(f"host import {host.label} must return {host.nresults} "
-                                f"values, got {len(out)}")
+            if host.nresults > 1:
+                out = tuple(out)
+                if len(out) != host.nresults:
+                    raise TypeError(f"host import {host.label} must return {host.nresults} "
+                                    f"values, got {len(out)}")
             for i in range(host.nresults):
-                _to_val(&results[i], host.results[i], out[i], f"result {i} of {host.label}")
+                results[i].kind = host.results[i]
+                _convert(&results[i].of, host.results[i],
+                         out if host.nresults == 1 else out[i], i, host.label, host.nresults)
         return NULL
     except BaseException as e:     # kept and re-raised by the hook call, never swallowed
         exc = e
@@ -309,12 +372,14 @@ cdef void _destroy(fpw_inst *inst) noexcept:
 cdef class HookCore:
     """The compiled half of fastpath.wasm.WasmHook (see there)."""
 
+    cdef void *_vectorcall          # hook(...) comes in here (PEP 590): _hook_vectorcall
     cdef fpw_engine *_engine
     cdef fpw_instance_pre *_pre
     cdef bytes _export
     cdef uint8_t _params[MAX_VALUES]
     cdef uint8_t _results[MAX_VALUES]
     cdef Py_ssize_t _nparams, _nresults
+    cdef Py_ssize_t _nvals          # max(_nparams, _nresults): the raw values of a call
     cdef fpw_inst **_idle
     cdef Py_ssize_t _nidle, _pool_max
     cdef object _constraints
@@ -322,16 +387,31 @@ cdef class HookCore:
     cdef int64_t _cpu_ns            # that CPU allowance in ns, or -1
     cdef int64_t _grace_ns          # fail open: a late guest runs up to 2x max_exec_ms
     cdef int64_t _mem_limit         # _constraints.memory_limit_bytes, or -1
-    cdef object _current_budget     # current_budget() of _constraints' core
+    cdef int64_t _max_ns            # _constraints.max_exec_ms in ns (saturated)
+    # of _constraints' core: current_budget(), ExecutionConstraints.create_budget,
+    # ExecutionBudget.enforce (unbound: no lookup per call), an uninterruptible()
+    # and its bound __enter__ and __exit__
+    cdef object _current_budget
+    cdef object _create_budget
+    cdef object _enforce
+    cdef object _defer
+    cdef object _defer_enter
+    cdef object _defer_exit
     cdef object _fuel_for           # fuel for another budget's constraints
-    cdef object _defer              # uninterruptible() of _constraints' core
+    cdef object _own                # the budget hook(...) made and enforces now, or None
+    cdef int64_t _own_deadline_ns   # the guest's deadline under _own
+    cdef object _charged            # the int last charged to a budget (see _charge)
+    cdef int64_t _charged_bytes     # ... and its value
     cdef object _keep               # Python objects the C side points into
     cdef readonly Py_ssize_t instances_created
     cdef bint _registered
 
+    def __cinit__(self):
+        self._vectorcall = <void *>_hook_vectorcall
+
     def _setup(self, size_t engine, size_t module, str export, tuple params, tuple results,
-               list hosts, Py_ssize_t pool_max, constraints, tuple limits,
-               current_budget, fuel_for, defer, keep):
+               list hosts, Py_ssize_t pool_max, constraints, tuple limits, core, fuel_for,
+               keep):
         # hosts: (module, name, functype address, callable, params, results)
         cdef fpw_linker *linker
         cdef fpw_error *err
@@ -346,6 +426,7 @@ cdef class HookCore:
         self._engine = <fpw_engine *>engine
         self._export = export.encode()
         self._nparams, self._nresults = len(params), len(results)
+        self._nvals = max(self._nparams, self._nresults)
         for i in range(self._nparams):
             self._params[i] = params[i]
         for i in range(self._nresults):
@@ -356,9 +437,14 @@ cdef class HookCore:
             raise MemoryError()
         self._constraints = constraints
         self._fuel, self._cpu_ns, self._mem_limit, self._grace_ns = limits
-        self._current_budget = current_budget
+        self._max_ns = min(<int64_t>constraints.max_exec_ms, 9223372036854) * 1000000
+        self._current_budget = core.current_budget
+        self._create_budget = core.ExecutionConstraints.create_budget
+        self._enforce = core.ExecutionBudget.enforce
         self._fuel_for = fuel_for
-        self._defer = defer
+        defer = self._defer = core.uninterruptible()
+        self._defer_enter = defer.__enter__
+        self._defer_exit = defer.__exit__
         host_objs = []
         linker = fpw_api.linker_new(self._engine)
         try:
@@ -432,7 +518,7 @@ cdef class HookCore:
             _destroy(inst)
             raise InvalidConfiguration(f"the engine does not consume fuel: "
                                        f"{_take_message(err, NULL)}")
-        self._arm(inst, deadline_ns, -1)
+        self._arm(inst, deadline_ns, -1, False)
         fpw_set_creating(inst)
         with nogil:
             fpw_call_begin()
@@ -456,20 +542,23 @@ cdef class HookCore:
         return inst
 
     cdef inline void _arm(self, fpw_inst *inst, int64_t deadline_ns,
-                          int64_t cpu_ns) noexcept:
-        # The call's deadline (and CPU allowance: the epoch callback then comes
-        # from the first tick on) into the instance.
-        cdef int64_t left = deadline_ns - fpw_now_ns()
-        cdef int64_t ticks = left // FPW_TICK_NS + 1 if left > 0 else 0
+                          int64_t cpu_ns, bint gil_held) noexcept:
+        # The call's deadline (and CPU allowance, or a guest entered holding
+        # the GIL: the epoch callback then comes from the first tick on) into
+        # the instance.
+        cdef int64_t now = fpw_now_ns()
+        cdef uint64_t ticks = fpw_ticks_until(deadline_ns, now) if deadline_ns > now else 0
         inst.deadline_ns = deadline_ns
         inst.deadline_hit = 0
         inst.cpu_allow_ns = cpu_ns
         inst.cpu_base_ns = -1
         inst.cpu_hit = 0
         inst.mem_refused = 0
-        if cpu_ns >= 0 and ticks > 1:
+        inst.gil_held = gil_held
+        if (cpu_ns >= 0 or gil_held) and ticks > 1:
             ticks = 1
-        fpw_api.context_set_epoch_deadline(inst.ctx, <uint64_t>ticks)
+        fpw_api.context_set_epoch_deadline(inst.ctx, ticks)
+        fpw_wake_at(deadline_ns)
 
     cdef int _fail(self, fpw_inst *inst, str text) except -1:
         # The guest (or its start function) stopped: say why, drop the instance.
@@ -495,45 +584,49 @@ cdef class HookCore:
     def _call_under(self, budget, tuple args):
         """Call the export with args under budget, whose enforce() (or scope)
         is running on this thread, inside the hook's uninterruptible()."""
-        return self._run(budget, args)
+        return self._run(budget, fpw_tuple_items(args, 0), PyTuple_GET_SIZE(args))
 
-    cdef object _run(self, object budget, tuple args):
-        cdef fpw_val vals[MAX_VALUES]
-        cdef fpw_val outs[MAX_VALUES]
+    cdef object _run(self, object budget, PyObject **args, Py_ssize_t nargs):
+        cdef fpw_val_raw vals[MAX_VALUES]
         cdef fpw_inst *inst
         cdef fpw_error *err
         cdef fpw_trap *trap = NULL
-        cdef Py_ssize_t i, nargs = len(args)
+        cdef Py_ssize_t i
         cdef int64_t fuel, cpu_ns, deadline_ns, mem_limit, grace_ns, charge
         cdef uint64_t fuel_left = 1
         cdef uint8_t code = 255
         cdef int why = 0
+        cdef double remaining_ms
         cdef str text
         if nargs != self._nparams:
             raise TypeError(f"export {self._export.decode()!r} takes {self._nparams} "
                             f"arguments, got {nargs}")
         for i in range(nargs):
-            _to_val(&vals[i], self._params[i], args[i], f"argument {i}")
-        deadline_ns = fpw_now_ns() + <int64_t>(budget.remaining_ms() * 1e6)
-        if budget.constraints is self._constraints:
-            fuel, cpu_ns, mem_limit, grace_ns = (self._fuel, self._cpu_ns, self._mem_limit,
-                                                 self._grace_ns)
+            _convert(&vals[i], self._params[i], <object>args[i], i, None, 0)
+        if budget is self._own:
+            fuel, cpu_ns, mem_limit = self._fuel, self._cpu_ns, self._mem_limit
+            deadline_ns = self._own_deadline_ns
         else:
-            fuel, cpu_ns, mem_limit, grace_ns = self._fuel_for(budget.constraints)
-        deadline_ns += grace_ns
+            remaining_ms = budget.remaining_ms()
+            if budget.constraints is self._constraints:
+                fuel, cpu_ns, mem_limit, grace_ns = (self._fuel, self._cpu_ns, self._mem_limit,
+                                                     self._grace_ns)
+            else:
+                fuel, cpu_ns, mem_limit, grace_ns = self._fuel_for(budget.constraints)
+            deadline_ns = _deadline_after(fpw_now_ns(), remaining_ms * 1e6 + <double>grace_ns)
         if self._nidle:
             self._nidle -= 1
             inst = self._idle[self._nidle]
             inst.mem_limit = mem_limit
         else:
             inst = self._instantiate(deadline_ns, mem_limit, budget)
-        self._arm(inst, deadline_ns, cpu_ns)
+        # The GIL stays held for the guest's first tick at most (fpw_epoch_callback).
+        self._arm(inst, deadline_ns, cpu_ns, True)
         fpw_api.context_set_fuel(inst.ctx, <uint64_t>fuel if fuel >= 0 else FUEL_UNLIMITED)
-        with nogil:
-            fpw_call_begin()
-            err = fpw_api.func_call(inst.ctx, &inst.func, vals, nargs, outs, self._nresults,
-                                    &trap)
-            fpw_call_end()
+        fpw_call_begin()
+        err = fpw_api.func_call_unchecked(inst.ctx, &inst.func, vals, self._nvals, &trap)
+        fpw_call_end()
+        fpw_gil_back(inst)
         charge = inst.mem_bytes if inst.mem_bytes > inst.mem_refused else inst.mem_refused
         if err == NULL and trap == NULL and inst.host_exc == NULL:
             if self._nidle < self._pool_max:
@@ -542,12 +635,12 @@ cdef class HookCore:
             else:
                 _destroy(inst)
             if charge:
-                budget.charge_memory(charge)
+                self._charge(budget, charge)
             if self._nresults == 1:
-                return _from_val(&outs[0])
+                return _from_raw(&vals[0], self._results[0])
             if self._nresults == 0:
                 return None
-            return tuple([_from_val(&outs[i]) for i in range(self._nresults)])
+            return tuple([_from_raw(&vals[i], self._results[i]) for i in range(self._nresults)])
         # Stopped: by the deadline, fuel, the memory limit, a host import's
         # exception or the guest's own trap.
         if trap != NULL:
@@ -556,7 +649,7 @@ cdef class HookCore:
             fpw_api.context_get_fuel(inst.ctx, &fuel_left)
         text = _take_message(err, trap)
         if charge:
-            budget.charge_memory(charge)
+            self._charge(budget, charge)
         if inst.host_exc == NULL and not inst.deadline_hit and not inst.cpu_hit and (
                 code == FPW_TRAP_OUT_OF_FUEL or (fuel >= 0 and fuel_left == 0)):
             _destroy(inst)
@@ -564,6 +657,16 @@ cdef class HookCore:
         else:
             why = self._fail(inst, text)
         budget._raise_limit(_TIMEOUT if why == 1 else (_CPU if why == 2 else _MEMORY))
+
+    cdef int _charge(self, object budget, int64_t nbytes) except -1:
+        # The guest's linear memory onto the budget; a hook's guests mostly
+        # have the same size call after call: one int object for it, not one
+        # allocated (and counted by a memory-limited budget) per call.
+        if nbytes != self._charged_bytes or self._charged is None:
+            self._charged = nbytes
+            self._charged_bytes = nbytes
+        budget.charge_memory(self._charged)
+        return 0
 
     def _warm(self, int64_t max_ns):
         """Instantiate one instance into the pool, outside any budget."""
@@ -581,8 +684,7 @@ cdef class HookCore:
     def _measure(self, tuple args):
         """Run the export once outside any budget with unlimited fuel: (result,
         thread CPU ns, fuel consumed).  For the fuel calibration."""
-        cdef fpw_val vals[MAX_VALUES]
-        cdef fpw_val outs[MAX_VALUES]
+        cdef fpw_val_raw vals[MAX_VALUES]
         cdef fpw_inst *inst
         cdef fpw_error *err
         cdef fpw_trap *trap = NULL
@@ -592,15 +694,14 @@ cdef class HookCore:
         if len(args) != self._nparams:
             raise TypeError(f"export takes {self._nparams} arguments, got {len(args)}")
         for i in range(self._nparams):
-            _to_val(&vals[i], self._params[i], args[i], f"argument {i}")
+            _convert(&vals[i], self._params[i], args[i], i, None, 0)
         inst = self._instantiate(fpw_now_ns() + 60 * 1000000000, -1, None)
-        self._arm(inst, fpw_now_ns() + 60 * 1000000000, -1)
+        self._arm(inst, fpw_now_ns() + 60 * 1000000000, -1, False)
         fpw_api.context_set_fuel(inst.ctx, FUEL_UNLIMITED)
         with nogil:
             fpw_call_begin()
             cpu0 = fpw_thread_cpu_ns()
-            err = fpw_api.func_call(inst.ctx, &inst.func, vals, self._nparams, outs,
-                                    self._nresults, &trap)
+            err = fpw_api.func_call_unchecked(inst.ctx, &inst.func, vals, self._nvals, &trap)
             cpu1 = fpw_thread_cpu_ns()
             fpw_call_end()
         fpw_api.context_get_fuel(inst.ctx, &left)
@@ -608,22 +709,104 @@ cdef class HookCore:
             self._fail(inst, _take_message(err, trap))
             raise WasmTrap("the calibration guest stopped")
         _destroy(inst)
-        return (_from_val(&outs[0]) if self._nresults else None, cpu1 - cpu0,
-                FUEL_UNLIMITED - left)
+        return (_from_raw(&vals[0], self._results[0]) if self._nresults else None,
+                cpu1 - cpu0, FUEL_UNLIMITED - left)
+
+    cdef object _call(self, PyObject **args, Py_ssize_t nargs):
+        # hook(*args).  The guest's deadline is the epoch's to enforce:
+        # fastpath's own interrupt is put off from before the guest runs until
+        # the budget has disarmed (an interrupt pending while the guest cannot
+        # see it would otherwise land in whatever Python code runs next -- a
+        # finalizer of the garbage collector, say -- and be lost there).  Host
+        # imports lift it while they run.
+        cdef PyObject *vec[MAX_VALUES + 4]
+        cdef PyObject *exit_args[3]
+        cdef Py_ssize_t i
+        cdef int64_t start_ns
+        cdef object outer
+        if nargs != self._nparams:
+            raise TypeError(f"export {self._export.decode()!r} takes {self._nparams} "
+                            f"arguments, got {nargs}")
+        budget = PyObject_Vectorcall(self._current_budget, NULL, 0, NULL)
+        PyObject_Vectorcall(self._defer_enter, NULL, 0, NULL)
+        try:
+            if budget is not None:
+                return self._run(budget, args, nargs)
+            # ExecutionBudget.enforce(budget, HookCore._run_under, self, budget,
+            # *args) with the argument vector as it stands: no tuple, no bound
+            # method, no lookup per call.  The guest's deadline is max_exec_ms
+            # from a clock reading taken just after the budget started: never
+            # before the budget's own (the first budget of a process can take
+            # milliseconds to start), later by the time that reading takes.
+            vec[1] = <PyObject *>_RUN_UNDER
+            vec[2] = <PyObject *>self
+            for i in range(nargs):
+                vec[4 + i] = args[i]
+            vec[0] = <PyObject *>self._constraints
+            budget = PyObject_Vectorcall(self._create_budget, vec, 1, NULL)
+            start_ns = fpw_now_ns()
+            vec[0] = vec[3] = <PyObject *>budget
+            # (_own, _own_deadline_ns) change together, GIL held: whatever
+            # budget _own is, the deadline is its own; another thread's call
+            # of this hook meanwhile only sends _run the slower way.
+            outer, outer_deadline_ns = self._own, self._own_deadline_ns
+            self._own = budget
+            self._own_deadline_ns = _deadline_after(start_ns, <double>self._max_ns
+                                                    + <double>self._grace_ns)
+            try:
+                return PyObject_Vectorcall(self._enforce, vec, <size_t>(4 + nargs), NULL)
+            finally:
+                self._own, self._own_deadline_ns = outer, outer_deadline_ns
+        finally:
+            exit_args[0] = exit_args[1] = exit_args[2] = <PyObject *>None
+            PyObject_Vectorcall(self._defer_exit, exit_args, 3, NULL)
 
     def __call__(self, *args):
-        # The guest's deadline is the epoch's to enforce: fastpath's own
-        # interrupt is put off from before the guest runs until the budget has
-        # disarmed (an interrupt pending while the guest cannot see it would
-        # otherwise land in whatever Python code runs next -- a finalizer of
-        # the garbage collector, say -- and be lost there).  Host imports lift
-        # it while they run.
-        budget = self._current_budget()
-        self._defer.__enter__()
-        try:
-            if budget is None:
-                budget = self._constraints.create_budget()
-                return budget.enforce(self._call_under, budget, args)
-            return self._run(budget, args)
-        finally:
-            self._defer.__exit__(None, None, None)
+        # Only an explicit hook.__call__(...) gets here: hook(...) goes through
+        # _hook_vectorcall (fp_enable_vectorcall below replaces the slot).
+        return self._call(fpw_tuple_items(args, 0), PyTuple_GET_SIZE(args))
+
+
+cdef object _hook_vectorcall(object self, PyObject **args, size_t nargsf, PyObject *kwnames):
+    if kwnames != NULL and PyTuple_GET_SIZE(<object>kwnames):
+        raise TypeError(f"a WasmHook takes positional arguments only, got keywords "
+                        f"{<object>kwnames!r}")
+    return (<HookCore>self)._call(args, PyVectorcall_NARGS(nargsf))
+
+
+cdef object _run_under_fastcall(object self, PyObject **args, Py_ssize_t nargs,
+                                PyObject *kwnames):
+    # HookCore._run_under(hook, budget, *args): the fn a hook's own budget
+    # enforces (the method descriptor checks that hook is a HookCore).
+    if nargs < 1 or (kwnames != NULL and PyTuple_GET_SIZE(<object>kwnames)):
+        raise TypeError("_run_under(budget, *args)")
+    return (<HookCore>self)._run(<object>args[0], args + 1, nargs - 1)
+
+
+fp_install_fastcall(HookCore, "_run_under", _run_under_fastcall,
+                    "_run_under($self, budget, /, *args)\n--\n\n"
+                    "The export's call under budget (hook(...) enforces it).")
+cdef object _RUN_UNDER = HookCore.__dict__["_run_under"]
+
+
+cdef inline int64_t _deadline_after(int64_t now_ns, double ns) noexcept:
+    # now_ns + ns, saturated: a time past 2**63 ns is no deadline
+    if ns < 9.2e18 - <double>now_ns:
+        return now_ns + <int64_t>ns
+    return 0x7FFFFFFFFFFFFFFF
+
+
+def _vectorcall_offset_probe():
+    cdef HookCore probe = HookCore.__new__(HookCore)
+    return <Py_ssize_t>(<char *>&probe._vectorcall - <char *><PyObject *>probe)
+
+
+fp_enable_vectorcall(HookCore, _vectorcall_offset_probe())
+
+
+def inherit_vectorcall(type subclass):
+    """Let `subclass` (fastpath.wasm.WasmHook) be called through HookCore's
+    vectorcall entry without an args tuple."""
+    if getattr(subclass, "__call__", None) is not HookCore.__dict__["__call__"]:
+        raise TypeError(f"{subclass.__name__} defines its own __call__")
+    fpw_inherit_vectorcall(subclass, HookCore)

@@ -378,9 +378,8 @@ class WasmHook(_wasm.HookCore):
         results = _kinds(export_type.results, f"export {export!r}")
         hosts, import_types = self._host_table(compiled, imports)
         self._setup(_address(engine.ptr()), _address(compiled.ptr()), export, params, results,
-                    hosts, pool, constraints, _limits_for(constraints), core.current_budget,
-                    _limits_for,
-                    core.uninterruptible(), (engine, compiled, import_types))
+                    hosts, pool, constraints, _limits_for(constraints), core, _limits_for,
+                    (engine, compiled, import_types))
         self.module = compiled
         self.export = export
         self.constraints = constraints
@@ -439,6 +438,9 @@ class WasmHook(_wasm.HookCore):
     def __repr__(self) -> str:
         return (f"WasmHook(export={self.export!r}, constraints={self.constraints!r}, "
                 f"idle_instances={self.idle_instances})")
+
+
+_wasm.inherit_vectorcall(WasmHook)
 
 
 async def _step(hook: WasmHook, budget: Any, args: Tuple[Any, ...]) -> Any:

@@ -495,3 +495,97 @@ def test_running_out_of_fuel_is_cpu_exceeded_before_the_clock_would_say_so(fp, m
     assert info.value.interrupted is True
     assert used_ms < 50
     assert hook.idle_instances == 0
+
+
+IDENTITY = """
+(module
+  (func (export "i32") (param i32) (result i32) (local.get 0))
+  (func (export "i64") (param i64) (result i64) (local.get 0))
+  (func (export "f32") (param f32) (result f32) (local.get 0))
+  (func (export "f64") (param f64) (result f64) (local.get 0)))
+"""
+
+
+def test_integers_take_the_signed_and_unsigned_range_and_wrap(fp):
+    c = fp.ExecutionConstraints(60_000)
+    i32, i64 = (WasmHook(IDENTITY, name, constraints=c) for name in ("i32", "i64"))
+    assert [i32(v) for v in (0, -1, 2**31 - 1, -2**31, 2**31, 2**32 - 1)] == [
+        0, -1, 2**31 - 1, -2**31, -2**31, -1]
+    assert [i64(v) for v in (0, -1, 2**63 - 1, -2**63, 2**63, 2**64 - 1)] == [
+        0, -1, 2**63 - 1, -2**63, -2**63, -1]
+    for hook, bad, kind in ((i32, 2**32, "i32"), (i32, -2**31 - 1, "i32"),
+                            (i64, 2**64, "i64"), (i64, -2**63 - 1, "i64"), (i64, 2**200, "i64")):
+        with pytest.raises(OverflowError, match=f"argument 0 does not fit an {kind}: {bad}"):
+            hook(bad)
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 7
+
+    assert i32(Level.HIGH) == 7                     # an int subclass (not a bool) is an int
+    with pytest.raises(TypeError, match="argument 0 must be an int"):
+        i64(False)
+
+
+def test_floats_take_ints_and_refuse_other_types(fp):
+    c = fp.ExecutionConstraints(60_000)
+    f32, f64 = (WasmHook(IDENTITY, name, constraints=c) for name in ("f32", "f64"))
+    assert f32(1.5) == 1.5 and f32(3) == 3.0
+    assert f64(0.1) == 0.1 and f64(-2) == -2.0
+    with pytest.raises(TypeError, match="argument 0 must be a float"):
+        f64("1.0")
+    with pytest.raises(TypeError, match="argument 0 must be a float"):
+        f32(True)
+
+
+def test_a_hook_takes_positional_arguments_only_and_can_be_subclassed(fp):
+    hook = WasmHook(ADD, "add", constraints=fp.ExecutionConstraints(60_000))
+    with pytest.raises(TypeError, match="positional arguments only"):
+        hook(1, b=2)
+    assert hook.__call__(2, 3) == 5                 # the explicit call takes the same path
+
+    class Named(WasmHook):
+        __slots__ = ("name",)
+
+    named = Named(ADD, "add", constraints=fp.ExecutionConstraints(60_000))
+    assert named(4, 5) == 9
+
+
+def test_a_host_import_may_call_the_same_hook_again(fp):
+    # run(n) = scale(n) + 1 and scale(n) = run(n - 1) for n > 0: the nested
+    # calls run under the outer call's budget, each on an instance of its own.
+    def scale(n):
+        return hook(n - 1) if n > 0 else 0
+
+    hook = WasmHook(HOST, "run", constraints=fp.ExecutionConstraints(60_000),
+                    imports={"env": {"scale": scale}})
+    assert hook(3) == 4
+    assert hook.idle_instances >= 2
+    assert hook(0) == 1
+
+
+def test_other_threads_run_while_a_long_guest_runs(fp):
+    # The GIL is kept for a guest's first epoch tick at most (a short call is
+    # not worth the hand-off); a guest running on lets Python threads run.
+    spin = WasmHook(SPIN, "spin", constraints=fp.ExecutionConstraints(400))
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            seen.append(time.monotonic())       # needs the GIL
+            time.sleep(0.001)
+
+    worker = threading.Thread(target=tick)
+    worker.start()
+    try:
+        time.sleep(0.02)
+        start = time.monotonic()
+        with pytest.raises(fp.ConstraintViolation):
+            spin()
+        end = time.monotonic()
+    finally:
+        stop.set()
+        worker.join(30)
+    # the worker ran in the middle of the guest's 400 ms, not only around it
+    assert any(start + 0.1 < t < end - 0.1 for t in seen), (start, end, len(seen))
