@@ -86,8 +86,11 @@ ensure_build_deps() {
 # deb-src entries for the suites the sources come from, in their own file.
 ensure_deb_src() {
     local suite=$1 f=/etc/apt/sources.list.d/fastpath-src.sources
+    # --no-release-info prints the sources.list suite as "Release:" (a "Suite:"
+    # line there is the Release file's, e.g. "unstable" for sid, and is absent
+    # with that option: matching it never succeeded and added sid once per run)
     if apt-get indextargets --no-release-info 'Created-By: Sources' 2>/dev/null \
-            | grep -q "^Suite: $suite\$"; then
+            | grep -q "^Release: $suite\$"; then
         return 0
     fi
     if [ "$(id -u)" != 0 ]; then
@@ -96,7 +99,7 @@ ensure_deb_src() {
     fi
     say "adding deb-src for $suite in $f"
     local suites="$suite"
-    [ -f "$f" ] && suites="$(sed -n 's/^Suites: //p' "$f") $suite"
+    [ -f "$f" ] && suites="$(sed -n 's/^Suites: //p' "$f" | tr ' ' '\n' | grep -vx "$suite" | tr '\n' ' ')$suite"
     cat > "$f" <<EOF
 Types: deb-src
 URIs: http://deb.debian.org/debian
