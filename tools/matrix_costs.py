@@ -55,6 +55,8 @@ def measure(out: Path) -> int:
                 row[impl + "_ns"] = results.cost(key, impl)
                 row[impl + "_x_f"] = results.cost(key, impl) / results.f
         rows.append(row)
+    import fastpath  # noqa: F401 - as in the measuring child: a free-threaded build
+    # turns the GIL on to load the compiled core, and the label says what was measured
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     summary = {
         "python": sys.version.split()[0],
