@@ -2,6 +2,7 @@
 #   make test       venv + install (compiles the core) + the whole suite
 #   make selftest   venv + install + python -m fastpath.selftest
 #   make bench      the pytest-benchmark suite, comparison table and chart
+#   make costs      only the enforce/execute benchmark rows (ratios to f())
 #   make debug      rebuild with line tracing and assertions, run the suite
 #   make asan       rebuild with ASan+UBSan, run the suite
 #   make annotate   Cython's HTML annotation of the core (fastpath/_budget.html)
@@ -23,7 +24,7 @@ STAMP := .stamp$(if $(filter .venv,$(notdir $(VENV))),,-$(patsubst .venv-%,%,$(n
 # Arguments for bench/run.py (e.g. BENCH_ARGS=--quick).
 BENCH_ARGS ?=
 
-.PHONY: build test selftest bench debug asan annotate lint matrix clean redis-server
+.PHONY: build test selftest bench costs debug asan annotate lint matrix clean redis-server
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +64,13 @@ $(STAMP)-bench-deps: $(STAMP)-deps pyproject.toml
 
 bench: $(STAMP)-build $(STAMP)-bench-deps redis-server
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The enforce/execute rows alone, as ratios to f() in one run (make matrix's
+# "costs" step; needs only the test extra): COSTS_OUT=.matrix/<tag>/costs.json
+COSTS_OUT ?= bench/results/costs.json
+costs: $(STAMP)-build
+	@mkdir -p $(dir $(COSTS_OUT))
+	$(PY) tools/matrix_costs.py $(COSTS_OUT)
 
 # The debug and sanitizer builds replace the extension in place; both put the
 # release build back afterwards, pass or fail.

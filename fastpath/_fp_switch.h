@@ -23,12 +23,16 @@
 #define FP_HAVE_SWITCH_INTERVAL_API 1
 #define fp_get_switch_us() _PyEval_GetSwitchInterval()
 #define fp_set_switch_us(us) _PyEval_SetSwitchInterval(us)
-#elif PY_VERSION_HEX < 0x030E0000 && FP_HAVE_INTERNAL && !defined(Py_GIL_DISABLED)
-/* 3.13 keeps _PyEval_{Get,Set}SwitchInterval but no longer exports them.
- * Each is a plain load or store of the GIL's `interval` field (ceval_gil.c),
- * which take_gil() reads under the GIL's mutex; the internal headers give its
- * layout for the interpreter being built against.  Only the version tested
- * here (3.13) uses it; later versions take the plain path until tested. */
+#elif PY_VERSION_HEX < 0x030F0000 && FP_HAVE_INTERNAL && !defined(Py_GIL_DISABLED)
+/* 3.13 and 3.14 keep _PyEval_{Get,Set}SwitchInterval but no longer export
+ * them.  Each is a plain load or store of the GIL's `interval` field
+ * (ceval_gil.c), which take_gil() reads under the GIL's mutex; the internal
+ * headers give its layout for the interpreter being built against
+ * (struct _gil_runtime_state is the same in 3.13.5 and 3.14.10).  Only the
+ * versions tested here (make matrix: 3.13, 3.14-deb) use it; later versions
+ * take the plain path until tested.  A free-threaded build has no GIL to hand
+ * over (with the GIL re-enabled for this module it still has the field, but
+ * that build is not what this path was tested on). */
 #define FP_HAVE_SWITCH_INTERVAL_API 1
 static inline unsigned long fp_get_switch_us(void)
 {

@@ -660,7 +660,17 @@ def _bind_enforcer(core: Any) -> type:
 
 
 def _name_of(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    """The default rule id: the callable's qualified name.  It must not depend on
+    the object's address (a repr does): the id keys the audit rate limit and the
+    per-rule audit rows, and a fresh callable instance per call would otherwise
+    be a new rule each time -- or the same one only when the allocator happened
+    to reuse the address."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if isinstance(name, str) and name:
+        return name
+    return type(fn).__qualname__          # a callable instance: its class
 
 
 def _check_fallbacks(fallbacks: Optional[Mapping[RuleType, Any]]) -> Dict[RuleType, Any]:

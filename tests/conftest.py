@@ -6,10 +6,20 @@ extension ("compiled") or the pure-Python twin ("python").
 
 from __future__ import annotations
 
+import os
 import sys
+import sysconfig
 import types
 
 import pytest
+
+# A free-threaded build (3.13t) turns the GIL on when it loads the compiled core, which
+# does not declare Py_mod_gil, and says so with a RuntimeWarning; the many tests that run
+# a child Python under -W error or read its stderr would see that.  Their children start
+# with the GIL on instead (PYTHON_GIL=1: nothing to turn on, no warning), as this process
+# runs after the import.  test_packaging checks the warning itself, without this.
+if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    os.environ.setdefault("PYTHON_GIL", "1")
 
 import fastpath
 from fastpath import _budget_py, _histogram_py, _quota_py, breaker, enforcer, errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -30,6 +31,24 @@ def test_compiled_core_is_what_import_fastpath_loads_by_default():
     kind, meta, path = out.split()
     assert kind == "compiled"
     assert meta == "type" and path.endswith(".so")
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"),
+                    reason="a free-threaded build only")
+def test_a_free_threaded_build_turns_the_gil_on_for_the_compiled_core():
+    """The core does not declare Py_mod_gil (its counters, slots and memory table rely on
+    the GIL), so importing it re-enables the GIL, and CPython says so; the twin leaves
+    it off."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTPATH_NO_EXTENSIONS", "PYTHON_GIL")}
+    code = "import sys, fastpath; print(fastpath.IMPLEMENTATION, sys._is_gil_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["compiled", "True"]
+    assert "has been enabled to load module 'fastpath._budget'" in out.stderr
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "FASTPATH_NO_EXTENSIONS": "1"}, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["python", "False"]
 
 
 def test_the_twin_is_an_explicit_choice():

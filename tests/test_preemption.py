@@ -419,3 +419,22 @@ def test_interrupting_a_worker_leaves_the_switch_interval_as_it_was(fp):
         assert sys.getswitchinterval() == 0.002
     finally:
         sys.setswitchinterval(before)
+
+
+def test_fast_gil_handover_is_compiled_in_on_the_versions_it_was_tested_on():
+    """The private switch-interval path (3.13, 3.14: the GIL's `interval` field through
+    the internal headers) is version-gated: this pins where it is in force, so a guard
+    that silently drops it (or keeps it on an untested version) fails here.  Tested:
+    3.11 (exported accessors), 3.13.5 and 3.14.10 GIL builds (make matrix)."""
+    import sysconfig
+
+    from fastpath import _budget, _config
+
+    if not _config.env_flag("FASTPATH_FAST_GIL", True):
+        pytest.skip("FASTPATH_FAST_GIL turns it off")
+    free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    internal = os.path.exists(os.path.join(sysconfig.get_paths()["include"], "internal",
+                                           "pycore_runtime.h"))
+    expected = not free_threaded and (
+        sys.version_info < (3, 13) or (sys.version_info < (3, 15) and internal))
+    assert _budget.preemption_info()["fast_gil_handover"] is expected

@@ -24,6 +24,9 @@
 #   chroot/sid/             the sid chroot for 3.14-deb
 # So a warm machine pays only for the tests.  Builds use make -j$MATRIX_JOBS (2).
 #
+# Steps (MATRIX_STEPS, default "build test selftest bench"); "costs" runs only the
+# enforce/execute benchmark rows (make costs, tools/matrix_costs.py) and the summary
+# then prints them per version, as ratios to f() measured on that version.
 # Per version, logs and the bench goal table go to .matrix/<tag>/ (gitignored);
 # the summary to .matrix/summary.txt.  The bench runs with MATRIX_BENCH_ARGS
 # (default --quick: shorter pytest-benchmark runs; "" for the full run).
@@ -86,8 +89,11 @@ ensure_build_deps() {
 # deb-src entries for the suites the sources come from, in their own file.
 ensure_deb_src() {
     local suite=$1 f=/etc/apt/sources.list.d/fastpath-src.sources
+    # --no-release-info prints the sources.list suite as "Release:" (a "Suite:"
+    # line there is the Release file's, e.g. "unstable" for sid, and is absent
+    # with that option: matching it never succeeded and added sid once per run)
     if apt-get indextargets --no-release-info 'Created-By: Sources' 2>/dev/null \
-            | grep -q "^Suite: $suite\$"; then
+            | grep -q "^Release: $suite\$"; then
         return 0
     fi
     if [ "$(id -u)" != 0 ]; then
@@ -96,7 +102,7 @@ ensure_deb_src() {
     fi
     say "adding deb-src for $suite in $f"
     local suites="$suite"
-    [ -f "$f" ] && suites="$(sed -n 's/^Suites: //p' "$f") $suite"
+    [ -f "$f" ] && suites="$(sed -n 's/^Suites: //p' "$f" | tr ' ' '\n' | grep -vx "$suite" | tr '\n' ' ')$suite"
     cat > "$f" <<EOF
 Types: deb-src
 URIs: http://deb.debian.org/debian
@@ -312,6 +318,15 @@ summarise() {             # one line about a step's log
             else
                 echo "no goal table"
             fi ;;
+        costs)
+            if [ -f "$OUT/$tag/costs.json" ] && [ "$OUT/$tag/costs.json" -nt "$OUT/$tag/.costs-start" ]; then
+                python3 -c 'import json, sys
+s = json.load(open(sys.argv[1]))
+print("; ".join("#%s %.2fx f()" % (r["n"], r["compiled_x_f"]) for r in s["rows"] if "compiled_x_f" in r)
+      + " (f() %.1f ns)" % s["f_ns"])' "$OUT/$tag/costs.json"
+            else
+                echo "no costs table"
+            fi ;;
         build)
             line=$(vpy "$tag" 'import sysconfig, os, numpy
 so = "fastpath/_budget" + sysconfig.get_config_var("EXT_SUFFIX")
@@ -387,6 +402,9 @@ run_version() {
             build) run_step "$tag" build "${mk[@]}" build || break ;;  # nothing else can run
             test) run_step "$tag" test "${mk[@]}" test ;;
             selftest) run_step "$tag" selftest "${mk[@]}" selftest ;;
+            costs)
+                touch "$OUT/$tag/.costs-start"
+                run_step "$tag" costs "${mk[@]}" costs "COSTS_OUT=.matrix/$tag/costs.json" ;;
             bench)
                 touch "$OUT/$tag/.bench-start"
                 run_step "$tag" bench "${mk[@]}" bench "BENCH_ARGS='$BENCH_ARGS'" ;;
@@ -429,6 +447,15 @@ done
             fi
         done
     done
+    costs=()
+    for tag in $VERSIONS; do
+        [ -f "$OUT/$tag/costs.json" ] && [[ " $STEPS " == *" costs "* ]] && costs+=("$OUT/$tag/costs.json")
+    done
+    if [ ${#costs[@]} -gt 0 ]; then
+        echo
+        echo "per-call costs, ratios to f() on each version (make costs):"
+        python3 "$ROOT/tools/matrix_costs.py" --table "${costs[@]}"
+    fi
     echo
     [ $FAILED = 0 ] && echo "matrix: every version passed" || echo "matrix: FAILED (logs in .matrix/<version>/)"
 } | tee "$OUT/summary.txt"
