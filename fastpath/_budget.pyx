@@ -882,8 +882,8 @@ cdef struct _Call:
 
 cdef inline object _run(ExecutionBudget self, object fn, PyObject **args, Py_ssize_t nargs,
                         PyObject *kwnames, bint preempt):
-    # One armed call of fn(*args) under self: run_c, and the rule pipeline's
-    # attempts (inlined there: no call of its own on the per-call path).
+    # One armed call of fn(*args) under self: the body of run_c, called
+    # directly from the rule pipeline's attempts too.
     cdef _Call k
     cdef object result
     _begin_call(self, &k, preempt, True)
