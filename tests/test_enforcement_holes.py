@@ -9,6 +9,7 @@ thread stacks) are tested in a subprocess.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -21,6 +22,8 @@ import threading
 import time
 
 import pytest
+
+from tests.threads import in_thread as run_in_thread
 
 GIVE_UP_S = 5.0
 
@@ -40,20 +43,8 @@ def burn_cpu(seconds: float) -> float:
     return seconds
 
 
-def in_thread(fn, *args, join_s: float = GIVE_UP_S * 4):
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(join_s)
-    assert not t.is_alive()
-    return box
+# A worker's give-up time: four times a call's.
+in_thread = functools.partial(run_in_thread, join_s=GIVE_UP_S * 4)
 
 
 def run_script(body: str, kind: str, *args: str, timeout: float = 60.0):

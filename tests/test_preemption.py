@@ -6,15 +6,17 @@ watchdog makes a test fail instead of hanging the suite.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
+
+from tests.threads import in_thread as run_in_thread
 
 GIVE_UP_S = 5.0
 
@@ -36,20 +38,8 @@ def stubborn(seconds: float = GIVE_UP_S) -> str:
     return "ran to the end"
 
 
-def in_thread(fn, *args):
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(GIVE_UP_S * 2)
-    assert not t.is_alive()
-    return box
+# A worker's give-up time: twice a call's.
+in_thread = functools.partial(run_in_thread, join_s=GIVE_UP_S * 2)
 
 
 def test_runaway_in_the_main_thread_is_stopped(fp):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -10,25 +9,10 @@ import pytest
 pytest.importorskip("regex")
 
 from fastpath import regex as fregex  # noqa: E402
+from tests.threads import in_thread  # noqa: E402
 
 EVIL = r"(a|aa)+$"          # exponential backtracking in `regex` too
 TEXT = "a" * 36 + "b"
-
-
-def in_thread(fn):
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(30)
-    assert not t.is_alive()
-    return box
 
 
 @pytest.mark.parametrize("where", ["main", "worker"])

@@ -20,6 +20,7 @@ wasmtime = pytest.importorskip("wasmtime")
 from fastpath import _wasm  # noqa: E402
 from fastpath import wasm as fwasm  # noqa: E402
 from fastpath.wasm import WasmHook, WasmTrap  # noqa: E402
+from tests.threads import in_thread  # noqa: E402
 
 PAGE = 65536
 
@@ -76,22 +77,6 @@ HOST = """
   (func (export "run") (param i32) (result i32)
     (i32.add (call $scale (local.get 0)) (i32.const 1))))
 """
-
-
-def in_thread(fn):
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(30)
-    assert not t.is_alive()
-    return box
 
 
 def stopped(fp, where, hook, *args):
