@@ -15,24 +15,8 @@ wasmtime = pytest.importorskip("wasmtime")
 
 from fastpath import ExecutionConstraints  # noqa: E402
 from fastpath.wasm import WasmHook  # noqa: E402
+from tests.wat import ADD, COUNT  # noqa: E402
 
-ADD = """
-(module
-  (func (export "add") (param i32 i32) (result i32)
-    (i32.add (local.get 0) (local.get 1))))
-"""
-
-COUNT = """
-(module
-  (func (export "count") (param $n i64) (result i64)
-    (local $i i64)
-    (block $done
-      (loop $top
-        (br_if $done (i64.ge_u (local.get $i) (local.get $n)))
-        (local.set $i (i64.add (local.get $i) (i64.const 1)))
-        (br $top)))
-    (local.get $i)))
-"""
 
 # The wasm_hook profile (20 % CPU as fuel, 5 MB linear memory) with a deadline
 # no benchmark round reaches on a loaded machine.

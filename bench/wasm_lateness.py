@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.wat
 
 from lateness import describe, in_worker_thread  # noqa: E402
 
 from fastpath import ConstraintViolation, ConstraintViolationType, ExecutionConstraints  # noqa: E402
+from tests.wat import SPIN  # noqa: E402
 
 DEADLINE_MS = 5
-SPIN = '(module (func (export "spin") (loop $l (br $l))))'
 
 # Loops of three kinds, n iterations (2**62: unbounded in practice).
 _LOOP = """

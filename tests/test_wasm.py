@@ -21,38 +21,15 @@ from fastpath import _wasm  # noqa: E402
 from fastpath import wasm as fwasm  # noqa: E402
 from fastpath.wasm import WasmHook, WasmTrap  # noqa: E402
 from tests.threads import in_thread  # noqa: E402
+from tests.wat import ADD, COUNT, SPIN  # noqa: E402
 
 PAGE = 65536
-
-ADD = """
-(module
-  (func (export "add") (param i32 i32) (result i32)
-    (i32.add (local.get 0) (local.get 1))))
-"""
 
 KINDS = """
 (module
   (func (export "mix") (param i32 i64 f32 f64) (result i64 f64)
     (i64.add (i64.extend_i32_s (local.get 0)) (local.get 1))
     (f64.add (f64.promote_f32 (local.get 2)) (local.get 3))))
-"""
-
-SPIN = """
-(module
-  (func (export "spin") (loop $l (br $l))))
-"""
-
-# n iterations of integer work, then returns n
-COUNT = """
-(module
-  (func (export "count") (param $n i64) (result i64)
-    (local $i i64)
-    (block $done
-      (loop $top
-        (br_if $done (i64.ge_u (local.get $i) (local.get $n)))
-        (local.set $i (i64.add (local.get $i) (i64.const 1)))
-        (br $top)))
-    (local.get $i)))
 """
 
 GROW = """
