@@ -53,47 +53,25 @@ macros += [
     ("FASTPATH_BUILD_DIRECTIVES", '"%s"' % " ".join(f"{k}={v}" for k, v in DIRECTIVES.items())),
 ]
 
+
+def extension(module, depends, **kwargs):
+    """fastpath.<module> from fastpath/<module>.pyx, with this build's flags."""
+    return Extension(f"fastpath.{module}", [f"fastpath/{module}.pyx"],
+                     extra_compile_args=compile_args, extra_link_args=link_args,
+                     define_macros=macros, depends=depends, **kwargs)
+
+
 extensions = [
-    Extension(
-        "fastpath._budget",
-        ["fastpath/_budget.pyx"],
-        include_dirs=["fastpath"],
-        extra_compile_args=compile_args,
-        extra_link_args=link_args,
-        define_macros=macros,
-        depends=sorted(glob.glob("fastpath/_fp_*.h"))
-        + ["fastpath/_rules.pxi", "fastpath/_budget.pxd", "fastpath/_histogram.pxd",
-           "fastpath/_quota.pxd"],
-    ),
-    Extension(
-        "fastpath._histogram",
-        ["fastpath/_histogram.pyx"],
-        extra_compile_args=compile_args,
-        extra_link_args=link_args,
-        define_macros=macros,
-        depends=["fastpath/_histogram.pxd"],
-    ),
-    Extension(
-        "fastpath._quota",
-        ["fastpath/_quota.pyx"],
-        extra_compile_args=compile_args,
-        extra_link_args=link_args,
-        define_macros=macros,
-        depends=["fastpath/_quota.pxd"],
-    ),
+    extension("_budget", sorted(glob.glob("fastpath/_fp_*.h"))
+              + ["fastpath/_rules.pxi", "fastpath/_budget.pxd", "fastpath/_histogram.pxd",
+                 "fastpath/_quota.pxd"], include_dirs=["fastpath"]),
+    extension("_histogram", ["fastpath/_histogram.pxd"]),
+    extension("_quota", ["fastpath/_quota.pxd"]),
     # fastpath.wasm's per-call path.  It needs no wasmtime headers (it declares
     # the few types it uses) and links to no wasmtime library: the functions are
     # resolved at run time from the library the `wasmtime` package loaded.
-    Extension(
-        "fastpath._wasm",
-        ["fastpath/_wasm.pyx"],
-        include_dirs=["fastpath"],
-        extra_compile_args=compile_args,
-        extra_link_args=link_args,
-        define_macros=macros,
-        depends=["fastpath/_fp_wasm.h", "fastpath/_fp_rules.h", "fastpath/_fp_pytype.h",
-                 "fastpath/_fp_common.h"],
-    ),
+    extension("_wasm", ["fastpath/_fp_wasm.h", "fastpath/_fp_rules.h", "fastpath/_fp_pytype.h",
+                        "fastpath/_fp_common.h"], include_dirs=["fastpath"]),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES,
