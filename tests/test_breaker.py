@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from tests.threads import run_threads
+
 
 class Clock:
     def __init__(self) -> None:
@@ -286,11 +288,7 @@ def test_counts_are_exact_under_threads(fp):
             else:
                 rule(abs, i)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, [()] * 4)
     m = breaker.metrics()
     assert m["window_calls"] == m["recorded"] == 20_000
     assert m["window_failures"] == 4000

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.threads import run_threads
+
 
 def spin(seconds: float = 5.0) -> str:
     end = time.monotonic() + seconds
@@ -394,11 +396,7 @@ def test_counts_are_exact_under_threads(fp):
             e.execute_with_constraints(fp.RuleType.FAST, abs, i)
             e.execute_with_constraints(fp.RuleType.OBSERVATIONAL, abs, i)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, [()] * 4)
     fast = e.metrics()[fp.RuleType.FAST]
     obs = e.metrics()[fp.RuleType.OBSERVATIONAL]
     assert fast["calls"] == fast["executed"] == 4 * per_thread
@@ -526,11 +524,7 @@ def test_four_threads_of_20000_calls_count_exactly(fp):
         for i in range(20_000):
             e.execute_with_constraints(rules[i & 1], abs, i)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, [()] * 4)
     m = e.metrics()
     fast, obs = m[fp.RuleType.FAST], m[fp.RuleType.OBSERVATIONAL]
     assert fast["calls"] == fast["executed"] == fast["latency"]["count"] == 40_000

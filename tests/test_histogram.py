@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from fastpath import _histogram, _histogram_py
 from fastpath import _histogram_shared as shared
+from tests.threads import run_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 HOUR_NS = 3_600_000_000_000
@@ -350,11 +351,7 @@ def test_counts_are_exact_under_threads(fp):
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible
     try:
-        threads = [threading.Thread(target=work, args=(k * 1_000_000,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(work, [(k * 1_000_000,) for k in range(4)])
     finally:
         sys.setswitchinterval(old)
     assert hist.count == 80_000

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.threads import run_threads
+
 # Refill so slow that nothing comes back during a test (1 call per ~11 days).
 FROZEN = 1e6
 
@@ -404,11 +406,7 @@ def test_local_store_is_exact_under_8_threads(fp):
         for _ in range(500):
             enforcer.execute_with_constraints(fp.RuleType.SEMANTIC, fn)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, [()] * 8)
     usage = quota.store.usage(None)
     assert fn.n == 1000
     assert (usage["admitted"], usage["refused"]) == (1000, 3000)
@@ -425,11 +423,7 @@ def test_direct_admission_is_exact_under_8_threads(fp):
         n = sum(quota.admit("k") for _ in range(1000))
         admitted.append(n)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, [()] * 8)
     assert sum(admitted) == 2000
 
 

@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 
 from fastpath.redis import RedisQuotaStore
+from tests.threads import run_threads
 
 FROZEN = 1e6          # refill so slow that nothing comes back during a test
 _prefixes = itertools.count()
@@ -188,11 +189,7 @@ def test_threads_share_one_lease_table_exactly(fp, redis_server):
         barrier.wait()
         counts.append(sum(quota.admit("k") for _ in range(300)))
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, [()] * 8)
     assert sum(counts) == 1000
 
 

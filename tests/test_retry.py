@@ -31,6 +31,7 @@ from fastpath import (
     RetryPolicy,
 )
 from fastpath import retry as retry_module
+from tests.threads import run_threads
 
 PREFIX = "fastpath.RetryPolicy:"
 
@@ -858,11 +859,7 @@ def test_one_policy_shared_by_eight_threads():
         except BaseException as exc:  # noqa: BLE001 - reported to the main thread
             problems.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, [(i,) for i in range(8)])
     assert problems == []
     assert results == {i: ("thread", i) for i in range(8)}
     assert p == before

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import pytest
+
+from tests.threads import run_threads
 
 
 class Events(list):
@@ -138,11 +139,7 @@ def test_counters_are_exact_under_threads(fp):
         for i in range(10_000):
             rule(abs, i)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, [()] * 4)
     m = rule.metrics()
     assert m["calls"] == m["executed"] == m["latency"]["count"] == 40_000
 

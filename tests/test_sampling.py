@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+from tests.threads import run_threads
+
 N = 200_000
 
 
@@ -42,11 +44,7 @@ def test_several_threads_each_get_the_rate(fp):
     def draw(i: int) -> None:
         results[i] = sum(c.should_sample() for _ in range(50_000))
 
-    threads = [threading.Thread(target=draw, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(draw, [(i,) for i in range(4)])
     assert len(results) == 4
     for hits in results.values():
         assert _within_binomial_bounds(hits, 50_000, 0.3), hits
@@ -65,11 +63,7 @@ def test_generator_state_is_per_thread(fp):
         barrier.wait()
         streams[name] = [c.should_sample() for _ in range(2_000)]
 
-    threads = [threading.Thread(target=draw, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(draw, [(n,) for n in ("a", "b")])
     assert streams["a"] == streams["b"]
     assert 800 < sum(streams["a"]) < 1200
     fp._reseed_sampler(0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterable, Tuple
 
 
 def in_thread(fn: Callable[..., Any], *args: Any, join_s: float = 30.0) -> Dict[str, object]:
@@ -24,3 +24,12 @@ def in_thread(fn: Callable[..., Any], *args: Any, join_s: float = 30.0) -> Dict[
     t.join(join_s)
     assert not t.is_alive()
     return box
+
+
+def run_threads(target: Callable[..., Any], args: Iterable[Tuple[Any, ...]]) -> None:
+    """Start one thread per tuple of args, all at once, and wait for them all."""
+    threads = [threading.Thread(target=target, args=a) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
