@@ -186,7 +186,13 @@ cdef int END_MEMORY_REFUSED = _outcome.Ending.MEMORY_REFUSED
 cdef int END_MEMORY_STOPPED = _outcome.Ending.MEMORY_STOPPED
 cdef int END_MEMORY_SWALLOWED = _outcome.Ending.MEMORY_SWALLOWED
 cdef int END_LATE = _outcome.Ending.LATE
+cdef int END_FIRST_VIOLATION = _outcome.FIRST_VIOLATION
 cdef object _outcome_violation = _outcome.violation
+
+
+cdef inline bint _own_violation(ExecutionBudget budget) noexcept:
+    # Did budget's last call end in its own ConstraintViolation (_outcome.is_violation)?
+    return budget._ending >= END_FIRST_VIOLATION
 # A rule attempt's verdict (_RuleState._settle): fastpath._outcome.Verdict.
 cdef int VERDICT_OK = _outcome.Verdict.OK
 cdef int VERDICT_RETRY = _outcome.Verdict.RETRY
@@ -1403,7 +1409,7 @@ cdef class _RuleState:
         if exc is None:
             self.histogram.record_c(budget._stop_ns - budget._start_ns)
             return VERDICT_OK
-        if budget._ending >= END_EXPIRED:
+        if _own_violation(budget):
             self.histogram.record_c(budget._stop_ns - budget._start_ns)
             for i in range(budget._violation_count):
                 self.violations[budget._violation_order[i]] += 1
@@ -1523,7 +1529,7 @@ cdef inline object _attempts(_EnforcerCore self, _RuleState rule, object rule_id
         try:
             result = _run(budget, fn, args, nargs, kwnames, rule.preempt)
         except BaseException as exc:
-            if budget._ending >= END_EXPIRED:
+            if _own_violation(budget):
                 # This budget's own violation: count it, audit it, apply the policy.
                 _rule_ended(self, rule, budget, token, 0)
                 for i in range(budget._violation_count):

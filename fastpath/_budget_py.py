@@ -31,7 +31,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Generator, Li
                     Mapping, Optional, ParamSpec, Tuple, TypeVar)
 
 from . import _config
-from ._outcome import Ending, Verdict
+from ._outcome import Ending, Verdict, is_violation
 from ._outcome import violation as _outcome_violation
 from ._critical import thread_is_critical, track_collections
 from ._flow import current_flow
@@ -1298,7 +1298,7 @@ class _RuleState:
             self.histogram.record(elapsed)
             return Verdict.OK
         with _counter_lock:
-            if budget._ending >= Ending.EXPIRED:
+            if is_violation(budget._ending):
                 for kind in budget._violations:
                     self.violations[kind] += 1
                 if self.constraints.fail_closed_on_timeout:
@@ -1456,7 +1456,7 @@ class _EnforcerCore:
             try:
                 result = budget._run(fn, args, kwargs, rule.preempt)
             except BaseException as exc:
-                if budget._ending >= Ending.EXPIRED:   # this budget's own violation
+                if is_violation(budget._ending):   # this budget's own violation
                     self._ended(rule, budget, token, 0)
                     with self._counter_lock:
                         for kind in budget._violations:

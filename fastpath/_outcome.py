@@ -20,8 +20,8 @@ from typing import Iterable, Optional
 
 from .errors import ConstraintViolation, ConstraintViolationType
 
-__all__ = ["AUDIT_OUTCOME", "DELIVERY_SLACK_NS", "Ending", "Verdict", "is_violation",
-           "stopped_in_time", "violation"]
+__all__ = ["AUDIT_OUTCOME", "DELIVERY_SLACK_NS", "FIRST_VIOLATION", "Ending", "Verdict",
+           "is_violation", "stopped_in_time", "violation"]
 
 # How long after an interrupt fell due (the deadline, or the moment the CPU
 # allowance was crossed) a call may take to stop and still count as
@@ -51,7 +51,7 @@ class Ending(enum.IntEnum):
     LATE = 9            # fn (or a scope) came back by itself over a limit
 
 
-_FIRST_VIOLATION = Ending.EXPIRED
+FIRST_VIOLATION = Ending.EXPIRED     # this ending and all after it: is_violation
 _INTERRUPTED = frozenset((Ending.INTERRUPTED, Ending.MEMORY_REFUSED, Ending.MEMORY_STOPPED))
 
 
@@ -70,7 +70,7 @@ AUDIT_OUTCOME = {Verdict.DENY: "deny", Verdict.FALLBACK: "fallback", Verdict.ERR
 
 def is_violation(ending: int) -> bool:
     """Did the call end in its budget's own ConstraintViolation?"""
-    return ending >= _FIRST_VIOLATION
+    return ending >= FIRST_VIOLATION
 
 
 def stopped_in_time(end_ns: int, due_ns: int) -> bool:
