@@ -441,11 +441,18 @@ cdef object _rule_refused(_RuleState rule, object rule_id, ExecutionConstraints 
     return rule.fallback
 
 
-cdef object _rule_vectorcall(object self, PyObject **args, size_t nargsf, PyObject *kwnames):
-    cdef Rule rule = <Rule>self
+cdef inline Py_ssize_t _rule_nargs(size_t nargsf) except -1:
+    # The positional count of a vectorcall (PY_VECTORCALL_ARGUMENTS_OFFSET masked
+    # off); a Rule's first positional argument is fn.
     cdef Py_ssize_t nargs = <Py_ssize_t>(nargsf & ~(<size_t>1 << (8 * sizeof(size_t) - 1)))
     if nargs < 1:
         raise TypeError("a Rule is called as rule(fn, /, *args, **kwargs)")
+    return nargs
+
+
+cdef object _rule_vectorcall(object self, PyObject **args, size_t nargsf, PyObject *kwnames):
+    cdef Rule rule = <Rule>self
+    cdef Py_ssize_t nargs = _rule_nargs(nargsf)
     return rule.enforcer._pipeline(rule._state, rule._state.rule_id, <object>args[0], args + 1,
                                    nargs - 1, kwnames)
 
@@ -455,11 +462,9 @@ cdef object _rule_traced_vectorcall(object self, PyObject **args, size_t nargsf,
     # rule(...) while its calls are traced (Rule._trace_calls): through the
     # enforcer's _execute_as, looked up per call (fastpath.otel wraps it).
     cdef Rule rule = <Rule>self
-    cdef Py_ssize_t nargs = <Py_ssize_t>(nargsf & ~(<size_t>1 << (8 * sizeof(size_t) - 1)))
+    cdef Py_ssize_t nargs = _rule_nargs(nargsf)
     cdef Py_ssize_t i
     cdef tuple names = () if kwnames == NULL else <tuple><object>kwnames
-    if nargs < 1:
-        raise TypeError("a Rule is called as rule(fn, /, *args, **kwargs)")
     positional = [<object>args[i] for i in range(1, nargs)]
     keywords = {names[i]: <object>args[nargs + i] for i in range(len(names))}
     return rule.enforcer._execute_as(rule._state, rule._state.rule_id, <object>args[0],
