@@ -1025,12 +1025,11 @@ static int fp_mem_reaches_hook(PyMemAllocatorDomain domain)
     return seen > 0;
 }
 
-static void fp_mem_ensure_domain(PyMemAllocatorDomain domain)
+/* Slow path of fp_mem_ensure: the top of domain's chain is cur, not what we
+ * last knew.  Still ours further down (someone wrapped us: tracemalloc), or
+ * restored past us? */
+static void fp_mem_recheck_domain(PyMemAllocatorDomain domain, PyMemAllocatorEx cur)
 {
-    PyMemAllocatorEx cur;
-    PyMem_GetAllocator(domain, &cur);
-    if (cur.malloc == fp_mem_known_top[domain].malloc && cur.ctx == fp_mem_known_top[domain].ctx)
-        return;             /* nothing changed since we last looked: the usual case */
     if (cur.malloc != fp_mem_malloc && !fp_mem_reaches_hook(domain)) {
         /* Someone restored allocators from before our install (for example
          * tracemalloc.stop() after a start() that predates us): wrap again.
@@ -1045,6 +1044,12 @@ static void fp_mem_ensure_domain(PyMemAllocatorDomain domain)
     fp_mem_known_top[domain] = cur;
 }
 
+static inline int fp_mem_top_known(PyMemAllocatorDomain domain, const PyMemAllocatorEx *cur)
+{
+    return cur->malloc == fp_mem_known_top[domain].malloc
+           && cur->ctx == fp_mem_known_top[domain].ctx;
+}
+
 /* Install the hooks (at import, with the GIL held).  Never uninstalled. */
 static void fp_mem_install(void)
 {
@@ -1057,11 +1062,18 @@ static void fp_mem_install(void)
     }
 }
 
-/* Before each memory-limited call: is the hook still in both chains? */
+/* Before each memory-limited call: is the hook still in both chains?  Both
+ * tops are read first and compared inline: nothing changed since we last
+ * looked is the usual case. */
 static inline void fp_mem_ensure(void)
 {
-    fp_mem_ensure_domain(PYMEM_DOMAIN_OBJ);
-    fp_mem_ensure_domain(PYMEM_DOMAIN_MEM);
+    PyMemAllocatorEx obj, mem;
+    PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &obj);
+    PyMem_GetAllocator(PYMEM_DOMAIN_MEM, &mem);
+    if (FP_UNLIKELY(!fp_mem_top_known(PYMEM_DOMAIN_OBJ, &obj)))
+        fp_mem_recheck_domain(PYMEM_DOMAIN_OBJ, obj);
+    if (FP_UNLIKELY(!fp_mem_top_known(PYMEM_DOMAIN_MEM, &mem)))
+        fp_mem_recheck_domain(PYMEM_DOMAIN_MEM, mem);
 }
 
 /* ---------------------------------------------------------- arm / disarm */
