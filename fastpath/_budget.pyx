@@ -154,6 +154,7 @@ cdef extern from "_fp_runtime.h":
     PyObject *fp_interrupt_type
     PyObject *fp_critical_files
     unsigned long fp_gc_ident
+    bint fp_gc_collecting(unsigned long ident) noexcept
     PyObject *fp_sig_py_handler
     PyObject *fp_sig_getsignal
     int fp_preempt_enabled
@@ -1636,7 +1637,7 @@ def _preempt_signal_handler(signum, frame):
     # watchdog sends the signal again next tick.
     cdef fp_slot *slot = fp_slot_peek()
     if fp_main_pending(slot):
-        if (slot.defer_depth > 0 or fp_gc_ident == fp_main_ident
+        if (slot.defer_depth > 0 or fp_gc_collecting(fp_main_ident)
                 or fp_frame_is_critical(frame)):
             slot.deferred = 1
             return

@@ -63,13 +63,16 @@ def track_collections() -> None:
 
 def frame_is_critical(frame: Optional[FrameType]) -> bool:
     """Is `frame` (or its caller) in one of the critical modules, or is a
-    ``__del__`` method on its stack?"""
+    ``__del__`` method or a ``gc.callbacks`` function on its stack?  (The
+    twin's own gc callback marks a collection only from the moment it runs: an
+    application's callback may run before it.)"""
     depth = 0
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
     while frame is not None and depth < FINALIZER_DEPTH:
         code = frame.f_code
         if depth < 2 and code.co_filename.startswith(CRITICAL_FILES):
             return True
-        if code.co_name == "__del__":
+        if code.co_name == "__del__" or code in callbacks:
             return True
         frame = frame.f_back
         depth += 1

@@ -6,6 +6,7 @@
 #define FASTPATH_CRITICAL_H
 
 #include "_fp_common.h"
+#include "_fp_internal.h"
 
 static PyObject *fp_critical_files = NULL;   /* tuple of str: file-name prefixes of stdlib
                                               * modules that hold locks (see _critical.py) */
@@ -17,6 +18,22 @@ static PyObject *fp_critical_files = NULL;   /* tuple of str: file-name prefixes
  * gc.callbacks entry.  A collection runs finalizers and weakref callbacks,
  * where an exception cannot propagate (see _critical.py). */
 static unsigned long fp_gc_ident = 0;
+
+/* Is a garbage collection running where thread `ident` would be interrupted?
+ * The interpreter's own flag covers the whole collection, its gc.callbacks
+ * included: the core's callback, which sets fp_gc_ident, may run after an
+ * application's (a Python callback at the front of gc.callbacks, or one run
+ * after it at "stop").  With the GIL, the collecting thread holds it except
+ * where a finalizer let it go: a collection anywhere puts the interrupt off
+ * (sent again next tick).  Without the internal headers: fp_gc_ident alone. */
+static inline int fp_gc_collecting(unsigned long ident)
+{
+#if FP_HAVE_INTERNAL && !defined(Py_GIL_DISABLED)
+    if (PyInterpreterState_Main()->gc.collecting)
+        return 1;
+#endif
+    return __atomic_load_n(&fp_gc_ident, __ATOMIC_RELAXED) == ident;
+}
 
 /* Is this frame (or its caller) code of a stdlib module that takes locks
  * with acquire() ... try: (logging, threading, queue, ...), or is a __del__
@@ -71,8 +88,8 @@ static int fp_thread_in_critical(unsigned long ident)
     }
     if (ts == NULL)
         return 0;
-    if (__atomic_load_n(&fp_gc_ident, __ATOMIC_RELAXED) == ident)
-        return 1;               /* a collection (its finalizers) runs there */
+    if (fp_gc_collecting(ident))
+        return 1;               /* a collection (its callbacks, finalizers) runs there */
     /* No garbage collection (and so no finalizer, which could let the target
      * run) while frame objects are made for the look. */
     gc_was = PyGC_Disable();

@@ -321,6 +321,50 @@ def test_an_interrupt_never_lands_in_a_finalizer(fp, where, how):
     assert isinstance(result, fp.ConstraintViolation) and result.interrupted
 
 
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_an_interrupt_never_lands_in_an_applications_gc_callback(fp, where):
+    # gc.callbacks run inside a collection, where an exception cannot propagate
+    # either ("Exception ignored in: <function ...>"): fastpath's own callback,
+    # which marks the collection, may come after the application's -- the
+    # interrupt is still put off until the collection is over.
+    import gc
+
+    armed: list = []
+    done: list = []
+    unraisable: list = []
+
+    def app_callback(phase: str, info: object) -> None:
+        if phase == "start" and armed:
+            armed.clear()
+            spin(0.6)               # the 200 ms deadline passes in here
+            done.append("callback")
+
+    def rule() -> None:
+        armed.append(1)
+        gc.collect()
+        spin()
+
+    def once() -> object:
+        try:
+            fp.ExecutionConstraints(200).create_budget().enforce(rule)
+        except fp.ConstraintViolation as exc:
+            return exc
+        return None
+
+    fp.ExecutionConstraints(200).create_budget().enforce(lambda: None)   # fastpath's callback
+    gc.callbacks.insert(0, app_callback)                                # ... then the app's, first
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append((u.exc_type, u.object))
+    try:
+        result = once() if where == "main" else in_thread(once).get("result")
+    finally:
+        sys.unraisablehook = old_hook
+        gc.callbacks.remove(app_callback)
+    assert unraisable == []
+    assert done == ["callback"]
+    assert isinstance(result, fp.ConstraintViolation) and result.interrupted
+
+
 async def _async_uninterruptible() -> str:
     import fastpath
 
