@@ -411,6 +411,71 @@ def test_bad_configuration_is_invalid_configuration(fp, kwargs, match):
         WasmHook(module, export, **kwargs)
 
 
+NON_NUMERIC = [
+    # (WAT, imports): v128 and reference types wasmtime's wasm_valtype_kind
+    # aborts on (v128, non-nullable or concrete references) or names (externref)
+    ('(module (func (export "v") (param v128)))', None),
+    ('(module (func (export "v") (result v128) (v128.const i64x2 0 0)))', None),
+    ('(module (func (export "v") (param (ref func))))', None),
+    ('(module (type $t (func)) (func (export "v") (param (ref null $t))))', None),
+    ('(module (func (export "v") (param externref)))', None),
+    ('(module (import "m" "f" (func (result v128))) (func (export "v")))', {"m": {"f": abs}}),
+    ('(module (import "m" "f" (func (param anyref))) (func (export "v")))', {"m": {"f": abs}}),
+]
+
+
+@pytest.mark.parametrize("wat, imports", NON_NUMERIC)
+def test_a_compiled_module_with_v128_or_reference_signatures_is_invalid_configuration(
+        wat, imports):
+    # A wasmtime.Module carries no binary: the signature is read through the C
+    # API.  In a child process, so that an abort fails this test, not the run.
+    import subprocess
+    import sys
+    code = (f"import wasmtime\n"
+            f"from fastpath.wasm import WasmHook, new_engine, InvalidConfiguration\n"
+            f"engine = new_engine()\n"
+            f"module = wasmtime.Module(engine, {wat!r})\n"
+            f"try:\n"
+            f"    WasmHook(module, 'v', engine=engine, imports={imports!r})\n"
+            f"except InvalidConfiguration as exc:\n"
+            f"    print('refused:', exc)\n"
+            f"else:\n"
+            f"    print('accepted')\n")
+    code = code.replace("<built-in function abs>", "abs")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused:"), out.stdout
+    assert "i32, i64, f32 and f64" in out.stdout
+    kind = "v128" if "v128" in wat else "a reference type"
+    assert kind in out.stdout
+
+
+@pytest.mark.parametrize("wat, imports", NON_NUMERIC)
+def test_wat_with_v128_or_reference_signatures_is_invalid_configuration(wat, imports):
+    with pytest.raises(fwasm.InvalidConfiguration, match="i32, i64, f32 and f64"):
+        WasmHook(wat, "v", imports=imports)
+
+
+@pytest.mark.parametrize("make", [
+    wasmtime.Engine,
+    # even one configured as new_engine() configures its own, but for the memory
+    lambda: wasmtime.Engine(_epoch_and_fuel_config()),
+])
+def test_an_engine_not_from_new_engine_is_refused_saying_why(make):
+    with pytest.raises(fwasm.InvalidConfiguration) as info:
+        WasmHook(ADD, "add", engine=make())
+    message = str(info.value)
+    assert "new_engine()" in message and "cannot be checked" in message
+
+
+def _epoch_and_fuel_config():
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.consume_fuel = True
+    return config
+
+
 def test_a_module_from_a_foreign_engine_is_invalid_configuration():
     foreign = wasmtime.Module(wasmtime.Engine(), ADD)
     with pytest.raises(fwasm.InvalidConfiguration, match="cannot link"):
