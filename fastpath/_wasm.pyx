@@ -136,6 +136,8 @@ cdef extern from "_fp_wasm.h" nogil:
     void fpw_set_creating(fpw_inst *inst)
     void fpw_gil_back(fpw_inst *inst)
     uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
+    uint64_t fpw_ticks_until_from(int64_t deadline_ns, int64_t now, int64_t first)
+    int fpw_ticks_at_wake(int64_t *next_ns, int64_t now, int wake_due)
     void fpw_wake_at(int64_t deadline_ns)
     const fpw_memory_creator fpw_memory_creator_def
     unsigned long fpw_ticks_now()
@@ -204,6 +206,18 @@ def install_memory_creator(size_t config_address):
     memories with fastpath's limit-aware memory."""
     fpw_api.config_host_memory_creator_set(<fpw_config *>config_address,
                                            &fpw_memory_creator_def)
+
+
+def _ticks_until(int64_t deadline_ns, int64_t now_ns, int64_t next_tick_ns):
+    """The epoch ticks a store asks for at now_ns to be stopped at deadline_ns,
+    the ticker's next grid tick being due at next_tick_ns (for the tests)."""
+    return fpw_ticks_until_from(deadline_ns, now_ns, next_tick_ns)
+
+
+def _ticks_at_wake(int64_t next_tick_ns, int64_t now_ns, bint wake_due):
+    """(epoch ticks, next grid tick) of a ticker wake-up at now_ns (for the tests)."""
+    cdef int ticks = fpw_ticks_at_wake(&next_tick_ns, now_ns, wake_due)
+    return ticks, next_tick_ns
 
 
 def ticker_info():

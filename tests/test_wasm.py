@@ -8,6 +8,9 @@ constraints).  Timing facts are orderings with headroom (a spin loop under a
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import threading
 import time
 
@@ -366,6 +369,74 @@ def test_the_ticker_is_idle_when_no_call_is_in_flight(fp):
     with pytest.raises(fp.ConstraintViolation):
         spin()
     assert _wasm.ticker_info()[0] > ticks     # it ticked while the spin ran
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_ticker_wakes_without_timer_slack_and_takes_no_signals(fp):
+    # The default timer slack (50 us) let the ticker's sleep to a call's
+    # deadline end up to 50 us late; and a process-directed signal it took
+    # would not interrupt the main thread.
+    WasmHook(ADD, "add", constraints=fp.ExecutionConstraints(60_000))(1, 1)
+    tickers = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                if f.read().strip() != "fastpath-wasm":
+                    continue
+            with open(f"/proc/{task}/timerslack_ns") as f:      # (not under task/)
+                slack = int(f.read())
+            with open(f"/proc/self/task/{task}/status") as f:
+                blocked = [line.split()[1] for line in f if line.startswith("SigBlk:")][0]
+        except FileNotFoundError:
+            continue                    # a thread that ended meanwhile
+        tickers.append((slack, int(blocked, 16)))
+    assert len(tickers) == 1
+    slack, blocked = tickers[0]
+    assert slack == 1
+    assert blocked & (1 << (signal.SIGINT - 1)) and blocked & (1 << (signal.SIGTERM - 1))
+
+
+def _simulate_ticker(rng, deadline):
+    # The ticker's arithmetic, driven by a simulated clock: it sleeps to
+    # min(next grid tick, the call's deadline) and wakes `late` after it (a
+    # timer's slack, a busy CPU).  The store's epoch deadline comes from its
+    # callback, which runs on every tick it asked for and asks again while time
+    # is left.  Returns (the first wake-up at or after the deadline, the epoch
+    # then, the epoch the store is stopped at).
+    T = _wasm.TICK_NS
+    next_tick = rng.randrange(T)
+    now = 0
+    epoch = 0
+    stop_at = epoch + _wasm._ticks_until(deadline, now, next_tick)
+    wake_at = deadline
+    while True:
+        now = min(wake_at, next_tick) + rng.choice([0, 0, 1_000, 50_000, rng.randrange(2 * T)])
+        due = wake_at <= now
+        if due:
+            wake_at = 2**62
+        ticks, next_tick = _wasm._ticks_at_wake(next_tick, now, due)
+        epoch += ticks
+        if now >= deadline:
+            return now, epoch, stop_at
+        if epoch >= stop_at:            # an early callback: time is left, ask again
+            stop_at = epoch + _wasm._ticks_until(deadline, now, next_tick)
+            wake_at = min(wake_at, deadline)
+
+
+def test_a_guest_is_stopped_at_the_tickers_first_wake_up_past_its_deadline():
+    # Whatever the wake-ups' lateness, the tick at which the ticker finds the
+    # deadline due reaches the store's epoch deadline: a grid tick that falls
+    # due in the same wake-up does not swallow the deadline's own tick (which
+    # left the guest running until the next grid tick, a period later).
+    import random
+    rng = random.Random(15)
+    missed = []
+    for _ in range(5000):
+        deadline = rng.randrange(1, 12 * _wasm.TICK_NS)
+        now, epoch, stop_at = _simulate_ticker(rng, deadline)
+        if epoch < stop_at:
+            missed.append((deadline, now, epoch, stop_at))
+    assert missed == []
 
 
 @pytest.mark.parametrize("args, error, match", [
