@@ -235,6 +235,14 @@ def test_a_guest_trap_is_a_wasm_trap_with_the_backtrace(fp):
         WasmHook(TRAPS, "oob", constraints=c)()
 
 
+def test_a_start_function_trap_is_a_wasm_trap_with_wasmtimes_message(fp):
+    start_traps = '(module (func $s unreachable) (start $s) (func (export "f")))'
+    with pytest.raises(WasmTrap) as info:
+        WasmHook(start_traps, "f", constraints=fp.ExecutionConstraints(60_000))
+    assert info.value.message.startswith("instantiating the module failed: ")
+    assert "unreachable" in info.value.message
+
+
 def test_a_host_import_is_called_with_the_declared_types(fp):
     seen = []
 
