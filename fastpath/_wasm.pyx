@@ -681,15 +681,18 @@ cdef class HookCore:
             fpw_api.trap_code(trap, &code)
         if fuel >= 0:
             fpw_api.context_get_fuel(inst.ctx, &fuel_left)
-        if charge:
-            self._charge(budget, charge)
-        if inst.host_exc == NULL and not inst.deadline_hit and not inst.cpu_hit and (
-                code == FPW_TRAP_OUT_OF_FUEL or (fuel >= 0 and fuel_left == 0)):
-            _drop_error(err, trap)
-            _destroy(inst)
-            why = 2
-        else:
-            why = self._fail(inst, err, trap, "")
+        try:
+            if inst.host_exc == NULL and not inst.deadline_hit and not inst.cpu_hit and (
+                    code == FPW_TRAP_OUT_OF_FUEL or (fuel >= 0 and fuel_left == 0)):
+                _drop_error(err, trap)
+                _destroy(inst)
+                why = 2
+            else:
+                why = self._fail(inst, err, trap, "")
+        finally:
+            # (after the instance and the trap are freed, whatever _fail raises)
+            if charge:
+                self._charge(budget, charge)
         budget._raise_limit(_TIMEOUT if why == 1 else (_CPU if why == 2 else _MEMORY))
 
     cdef int _charge(self, object budget, int64_t nbytes) except -1:

@@ -213,6 +213,17 @@ def test_the_guest_sees_minus_one_when_a_grow_is_refused(fp):
     assert info.value.interrupted is False          # the guest finished: -1 was its answer
 
 
+def test_a_guest_stopped_at_its_deadline_is_charged_its_linear_memory(fp):
+    grow_then_spin = """
+    (module (memory 1)
+      (func (export "f") (drop (memory.grow (i32.const 3))) (loop $l (br $l))))"""
+    hook = WasmHook(grow_then_spin, "f", constraints=fp.ExecutionConstraints(50))
+    with pytest.raises(fp.ConstraintViolation) as info:
+        hook()
+    assert info.value.kind is fp.ConstraintViolationType.TIMEOUT_EXCEEDED
+    assert 4 * PAGE <= info.value.stats.memory_used_bytes < 4 * PAGE + 8192
+
+
 def test_linear_memory_is_the_calls_memory_figure(fp):
     c = fp.ExecutionConstraints(60_000)
     hook = WasmHook(GROW, "size", constraints=c)
