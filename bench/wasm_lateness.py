@@ -9,9 +9,11 @@ Lateness is the time from a hook's deadline to its ``ConstraintViolation``::
 
 measured ~100 times in the main thread and ~100 times in a worker thread
 (the guest traps on its epoch deadline in either: no GIL, no signal).  For
-each thread it also counts the traps over 0.3 ms late that came with the
-ticker thread or the guest's own thread waiting on a run queue
-(``/proc/<tid>/schedstat``) for most of that lateness: the OS ran it late.
+each thread it also counts the traps over 0.3 ms late during whose call the
+ticker thread or the guest's own thread waited on a run queue
+(``/proc/<tid>/schedstat``) for at least 60 % of that lateness: a sign that the
+OS ran them late (a wait before the deadline counts too: an indicator, not a
+proof).
 
 Calibration error: fastpath converts a CPU allowance into fuel with
 ``fuel_per_cpu_ms()`` (measured on one workload); for three guest workloads
@@ -116,8 +118,8 @@ def lateness_samples(n: int, waits: Optional[list[tuple[int, int]]] = None) -> l
 
 def lateness_and_waits(n: int) -> dict[str, Any]:
     """describe() of n lateness figures, with how many of the late ones (over
-    0.3 ms) came with the ticker thread or the calling thread waiting on a run
-    queue for at least 60 % of that lateness: the OS ran it late."""
+    0.3 ms) had the ticker thread or the calling thread wait on a run queue
+    during the call for at least 60 % of that lateness (see the module doc)."""
     waits: list[tuple[int, int]] = []
     samples = lateness_samples(n, waits)
     late = [(s, w) for s, w in zip(samples, waits, strict=True) if s > 300_000]
