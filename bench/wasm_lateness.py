@@ -8,7 +8,12 @@ Lateness is the time from a hook's deadline to its ``ConstraintViolation``::
     lateness = exc.stats.elapsed_ns - 5_000_000
 
 measured ~100 times in the main thread and ~100 times in a worker thread
-(the guest traps on its epoch deadline in either: no GIL, no signal).
+(the guest traps on its epoch deadline in either: no GIL, no signal).  For
+each thread it also counts the traps over 0.3 ms late during whose call the
+ticker thread or the guest's own thread waited on a run queue
+(``/proc/<tid>/schedstat``) for at least 60 % of that lateness: a sign that the
+OS ran them late (a wait before the deadline counts too: an indicator, not a
+proof).
 
 Calibration error: fastpath converts a CPU allowance into fuel with
 ``fuel_per_cpu_ms()`` (measured on one workload); for three guest workloads
@@ -24,10 +29,11 @@ Plain measurement script: ``bench/run.py`` imports it and calls :func:`run`;
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.wat
@@ -60,12 +66,41 @@ WORKLOADS = {
 }
 
 
-def lateness_samples(n: int) -> list[int]:
+def _schedstats() -> Optional[tuple[Path, Path]]:
+    # /proc/.../schedstat of fastpath.wasm's ticker thread (named fastpath-wasm)
+    # and of the calling thread: their second field is the time each spent
+    # runnable but waiting for a CPU (Linux with schedstats; None elsewhere).
+    try:
+        for task in os.listdir("/proc/self/task"):
+            if Path(f"/proc/self/task/{task}/comm").read_text().strip() == "fastpath-wasm":
+                paths = (Path(f"/proc/{task}/schedstat"), Path("/proc/thread-self/schedstat"))
+                for path in paths:
+                    path.read_text()
+                return paths
+    except OSError:
+        pass
+    return None
+
+
+def _runqueue_waits_ns(paths: Optional[tuple[Path, Path]]) -> tuple[int, int]:
+    if paths is None:
+        return 0, 0
+    ticker, own = (int(path.read_text().split()[1]) for path in paths)
+    return ticker, own
+
+
+def lateness_samples(n: int, waits: Optional[list[tuple[int, int]]] = None) -> list[int]:
+    """n lateness figures (ns); waits, when given, gets for each the ns the
+    ticker thread and the calling thread waited on a run queue during that call."""
     from fastpath.wasm import WasmHook
 
     hook = WasmHook(SPIN, "spin", constraints=ExecutionConstraints(DEADLINE_MS))
     out: list[int] = []
+    sched: Optional[tuple[Path, Path]] = None
     for i in range(5 + n):
+        if sched is None and i:
+            sched = _schedstats()           # the ticker exists from the first call on
+        before = _runqueue_waits_ns(sched)
         try:
             hook()
         except ConstraintViolation as exc:
@@ -73,8 +108,25 @@ def lateness_samples(n: int) -> list[int]:
                 raise RuntimeError(f"unexpected violation {exc!r}") from exc
             if i >= 5:
                 out.append(exc.stats.elapsed_ns - DEADLINE_MS * 1_000_000)
+                if waits is not None:
+                    after = _runqueue_waits_ns(sched)
+                    waits.append((after[0] - before[0], after[1] - before[1]))
         else:  # pragma: no cover - spin never returns
             raise RuntimeError("spin returned")
+    return out
+
+
+def lateness_and_waits(n: int) -> dict[str, Any]:
+    """describe() of n lateness figures, with how many of the late ones (over
+    0.3 ms) had the ticker thread or the calling thread wait on a run queue
+    during the call for at least 60 % of that lateness (see the module doc)."""
+    waits: list[tuple[int, int]] = []
+    samples = lateness_samples(n, waits)
+    late = [(s, w) for s, w in zip(samples, waits, strict=True) if s > 300_000]
+    out = describe(samples)
+    out["over_0_3_ms"] = len(late)
+    out["over_0_3_ms_waiting_for_a_cpu"] = sum(max(w) >= 0.6 * s for s, w in late)
+    out["loadavg"] = os.getloadavg()[0]
     return out
 
 
@@ -114,8 +166,8 @@ def calibration_error(repeats: int = 5) -> dict[str, Any]:
 
 def run(n: int = 100) -> dict[str, Any]:
     return {
-        "main": describe(lateness_samples(n)),
-        "worker": describe(in_worker_thread(lateness_samples, n)),
+        "main": lateness_and_waits(n),
+        "worker": in_worker_thread(lateness_and_waits, n),
         "goal_p99_ns": 2_000_000,
         "deadline_ms": DEADLINE_MS,
         "calibration": calibration_error(),

@@ -17,6 +17,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,6 +25,9 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 /* ------------------------------------------------------------------ types */
 typedef struct fpw_engine fpw_engine;       /* wasm_engine_t */
@@ -244,17 +248,41 @@ static inline void fpw_wake_at(int64_t deadline_ns)
     }
 }
 
-/* Ticks from now to the first one at or after deadline_ns (at least 1): a
- * store's epoch deadline that stops its guest on the first tick past its
- * deadline, not up to a period later. */
-static inline uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
+/* Ticks from now to the first grid tick at or after deadline_ns (at least 1),
+ * the next grid tick being due at `first`: a store's epoch deadline that stops
+ * its guest on the first tick past its deadline, not up to a period later. */
+static inline uint64_t fpw_ticks_until_from(int64_t deadline_ns, int64_t now, int64_t first)
 {
-    int64_t first = atomic_load_explicit(&fpw_next_tick_ns, memory_order_relaxed);
     if (first <= now)
         first = now + FPW_TICK_NS;      /* asleep (wakes with the call), or ticking now */
     if (deadline_ns <= first)
         return 1;
     return (uint64_t)((deadline_ns - first + FPW_TICK_NS - 1) / FPW_TICK_NS) + 1;
+}
+
+static inline uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
+{
+    return fpw_ticks_until_from(deadline_ns, now,
+                                atomic_load_explicit(&fpw_next_tick_ns, memory_order_relaxed));
+}
+
+/* One wake-up of the ticker at `now`: the epoch ticks it advances, with
+ * *next_ns (the next grid tick) moved past now; wake_due: a call's deadline
+ * (fpw_wake_at) fell due by now.  That deadline's tick is one of its own even
+ * when grid ticks fell due in the same wake-up (a late wake-up for the grid
+ * tick just before it): the store's epoch deadline counts the grid ticks up to
+ * the first one at or after its deadline (fpw_ticks_until), so a deadline's
+ * tick merged into a grid tick's left the guest running for one more period.
+ * An extra tick costs a store with time left one early callback, which reads
+ * the clock and goes on. */
+static inline int fpw_ticks_at_wake(int64_t *next_ns, int64_t now, int wake_due)
+{
+    int ticks = wake_due ? 1 : 0;
+    while (*next_ns <= now) {
+        ticks++;
+        *next_ns += FPW_TICK_NS;
+    }
+    return ticks;
 }
 
 static fpw_error *fpw_epoch_callback(fpw_context *ctx, void *data, uint64_t *delta,
@@ -323,6 +351,13 @@ static void *fpw_ticker_main(void *arg)
     int64_t next_ns, now, busy_ns, wake_ns;
     int i, ticks;
     (void)arg;
+#ifdef PR_SET_TIMERSLACK
+    /* wake at the tick or the deadline, not up to the default 50 us after */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+#endif
+#ifdef PR_SET_NAME
+    prctl(PR_SET_NAME, (unsigned long)"fastpath-wasm", 0, 0, 0);
+#endif
     pthread_mutex_lock(&fpw_mu);
     for (;;) {
         /* seq_cst store, then load: with fpw_call_begin's add, then load,
@@ -345,21 +380,12 @@ static void *fpw_ticker_main(void *arg)
             }
             pthread_mutex_lock(&fpw_mu);
             now = fpw_now_ns();
-            ticks = 0;
-            while (next_ns <= now) {
-                ticks++;
-                next_ns += FPW_TICK_NS;
-            }
-            /* a deadline due: tick (an extra tick costs a store with time left
-             * one early callback, which reads the clock and goes on) */
             wake_ns = atomic_load_explicit(&fpw_wake_at_ns, memory_order_relaxed);
-            if (wake_ns <= now) {
+            if (wake_ns <= now)
                 atomic_compare_exchange_strong_explicit(&fpw_wake_at_ns, &wake_ns, INT64_MAX,
                                                         memory_order_relaxed,
                                                         memory_order_relaxed);
-                if (ticks == 0)
-                    ticks = 1;
-            }
+            ticks = fpw_ticks_at_wake(&next_ns, now, wake_ns <= now);
             for (; ticks > 0; ticks--) {
                 for (i = 0; i < FPW_MAX_ENGINES; i++)
                     if (fpw_engines[i].refs > 0)
@@ -385,10 +411,16 @@ static int fpw_engine_ref(fpw_engine *engine, int delta)
     if (!fpw_ticker_started) {
         pthread_t tid;
         pthread_attr_t attr;
+        sigset_t all, old;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        /* The ticker never takes the process's signals (a SIGINT it took
+         * would not interrupt the main thread's sleep). */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         if (pthread_create(&tid, &attr, fpw_ticker_main, NULL) == 0)
             fpw_ticker_started = 1;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         pthread_attr_destroy(&attr);
         if (!fpw_ticker_started) {
             pthread_mutex_unlock(&fpw_mu);

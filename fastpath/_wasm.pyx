@@ -136,6 +136,8 @@ cdef extern from "_fp_wasm.h" nogil:
     void fpw_set_creating(fpw_inst *inst)
     void fpw_gil_back(fpw_inst *inst)
     uint64_t fpw_ticks_until(int64_t deadline_ns, int64_t now)
+    uint64_t fpw_ticks_until_from(int64_t deadline_ns, int64_t now, int64_t first)
+    int fpw_ticks_at_wake(int64_t *next_ns, int64_t now, int wake_due)
     void fpw_wake_at(int64_t deadline_ns)
     const fpw_memory_creator fpw_memory_creator_def
     unsigned long fpw_ticks_now()
@@ -206,6 +208,18 @@ def install_memory_creator(size_t config_address):
                                            &fpw_memory_creator_def)
 
 
+def _ticks_until(int64_t deadline_ns, int64_t now_ns, int64_t next_tick_ns):
+    """The epoch ticks a store asks for at now_ns to be stopped at deadline_ns,
+    the ticker's next grid tick being due at next_tick_ns (for the tests)."""
+    return fpw_ticks_until_from(deadline_ns, now_ns, next_tick_ns)
+
+
+def _ticks_at_wake(int64_t next_tick_ns, int64_t now_ns, bint wake_due):
+    """(epoch ticks, next grid tick) of a ticker wake-up at now_ns (for the tests)."""
+    cdef int ticks = fpw_ticks_at_wake(&next_tick_ns, now_ns, wake_due)
+    return ticks, next_tick_ns
+
+
 def ticker_info():
     """(epoch ticks so far, calls in flight): for tests and the selftest."""
     return fpw_ticks_now(), fpw_inflight_now()
@@ -229,6 +243,15 @@ cdef str _take_message(fpw_error *err, fpw_trap *trap):
     if trap != NULL:
         fpw_api.trap_delete(trap)
     return text
+
+
+cdef void _drop_error(fpw_error *err, fpw_trap *trap) noexcept:
+    # Free the error and trap of a guest that fastpath itself stopped: their
+    # message (wasmtime formats the wasm backtrace into it) is not built.
+    if err != NULL:
+        fpw_api.error_delete(err)
+    if trap != NULL:
+        fpw_api.trap_delete(trap)
 
 
 cdef str _what(Py_ssize_t index, str label, Py_ssize_t nresults):
@@ -527,7 +550,7 @@ cdef class HookCore:
         fpw_set_creating(NULL)
         if err != NULL or trap != NULL:
             text = f"instantiating the module failed: {_take_message(err, trap)}"
-            why = self._fail(inst, text)
+            why = self._fail(inst, NULL, NULL, text)
             if budget is None:
                 raise (WasmTrap(text) if why == 1 else InvalidConfiguration(text))
             budget._raise_limit(_TIMEOUT if why == 1 else _MEMORY)
@@ -560,13 +583,25 @@ cdef class HookCore:
         fpw_api.context_set_epoch_deadline(inst.ctx, ticks)
         fpw_wake_at(deadline_ns)
 
-    cdef int _fail(self, fpw_inst *inst, str text) except -1:
-        # The guest (or its start function) stopped: say why, drop the instance.
+    cdef int _fail(self, fpw_inst *inst, fpw_error *err, fpw_trap *trap,
+                   str what) except -1:
+        # The guest (or its start function) stopped: say why (1: the deadline,
+        # 2: the CPU allowance, 3: the memory limit; a host import's exception
+        # or the guest's own trap is raised), drop the instance and free err and
+        # trap.  Only the guest's own trap -- WasmTrap(what + wasmtime's message)
+        # -- needs wasmtime's message: a stop of fastpath's own, on the way from
+        # the deadline to its violation, does not build it.
         cdef PyObject *pending = <PyObject *>inst.host_exc
         cdef bint hit = inst.deadline_hit
         cdef bint cpu_hit = inst.cpu_hit
         cdef int64_t refused = inst.mem_refused
         cdef object exc
+        cdef str text = what
+        if pending == NULL and not hit and not cpu_hit and not refused:
+            if err != NULL or trap != NULL:
+                text = what + _take_message(err, trap)
+        else:
+            _drop_error(err, trap)
         inst.host_exc = NULL
         _destroy(inst)
         if pending != NULL:
@@ -597,7 +632,6 @@ cdef class HookCore:
         cdef uint8_t code = 255
         cdef int why = 0
         cdef double remaining_ms
-        cdef str text
         if nargs != self._nparams:
             raise TypeError(f"export {self._export.decode()!r} takes {self._nparams} "
                             f"arguments, got {nargs}")
@@ -647,15 +681,18 @@ cdef class HookCore:
             fpw_api.trap_code(trap, &code)
         if fuel >= 0:
             fpw_api.context_get_fuel(inst.ctx, &fuel_left)
-        text = _take_message(err, trap)
-        if charge:
-            self._charge(budget, charge)
-        if inst.host_exc == NULL and not inst.deadline_hit and not inst.cpu_hit and (
-                code == FPW_TRAP_OUT_OF_FUEL or (fuel >= 0 and fuel_left == 0)):
-            _destroy(inst)
-            why = 2
-        else:
-            why = self._fail(inst, text)
+        try:
+            if inst.host_exc == NULL and not inst.deadline_hit and not inst.cpu_hit and (
+                    code == FPW_TRAP_OUT_OF_FUEL or (fuel >= 0 and fuel_left == 0)):
+                _drop_error(err, trap)
+                _destroy(inst)
+                why = 2
+            else:
+                why = self._fail(inst, err, trap, "")
+        finally:
+            # (after the instance and the trap are freed, whatever _fail raises)
+            if charge:
+                self._charge(budget, charge)
         budget._raise_limit(_TIMEOUT if why == 1 else (_CPU if why == 2 else _MEMORY))
 
     cdef int _charge(self, object budget, int64_t nbytes) except -1:
@@ -706,7 +743,7 @@ cdef class HookCore:
             fpw_call_end()
         fpw_api.context_get_fuel(inst.ctx, &left)
         if err != NULL or trap != NULL:
-            self._fail(inst, _take_message(err, trap))
+            self._fail(inst, err, trap, "the calibration guest stopped: ")
             raise WasmTrap("the calibration guest stopped")
         _destroy(inst)
         return (_from_raw(&vals[0], self._results[0]) if self._nresults else None,

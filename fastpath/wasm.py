@@ -107,29 +107,45 @@ def _engine(engine: Optional[wasmtime.Engine]) -> wasmtime.Engine:
             return _default_engine
     if _ENGINES.get(id(engine)) is not engine:
         raise InvalidConfiguration(
-            f"engine must come from fastpath.wasm.new_engine() (its Config carries epoch "
-            f"interruption, fuel and fastpath's linear memory), got {engine!r}")
+            f"engine must come from fastpath.wasm.new_engine(), got {engine!r}: its Config "
+            f"carries epoch interruption, fuel and fastpath's linear memory, and another "
+            f"engine cannot be checked for them (wasmtime's C API cannot read an engine's "
+            f"Config back)")
     return engine
 
 
-_KINDS = _wasm.KINDS
+# The value types a hook supports, as wasm_valtype_t objects to compare a
+# signature's types with.  wasmtime 50's wasm_valtype_kind() -- what
+# wasmtime-py's ValType.__str__ calls -- aborts the process for a v128 and for
+# any reference type but a nullable externref or funcref ("... is not
+# implemented"); wasmtime_wasm_valtype_equal() compares any two types without
+# aborting.  Kept for the life of the process.
+_SUPPORTED = tuple((_wasmtime_ffi.wasm_valtype_new(getattr(_wasmtime_ffi, "WASM_" + name.upper())),
+                    kind) for name, kind in _wasm.KINDS.items())
+_V128 = _wasmtime_ffi.wasmtime_wasm_valtype_v128()
 
 
 def _kinds(types: List[Any], what: str) -> Tuple[int, ...]:
+    # The value kinds of a signature's wasmtime.ValTypes (fastpath._wasm.KINDS),
+    # never asking wasmtime for a kind it cannot name.
     out = []
     for t in types:
-        kind = _KINDS.get(str(t))
-        if kind is None:
-            raise InvalidConfiguration(f"{what} uses the value type {t}; WasmHook supports "
-                                       f"i32, i64, f32 and f64")
-        out.append(kind)
+        ptr = t.ptr()
+        for supported, kind in _SUPPORTED:
+            if _wasmtime_ffi.wasmtime_wasm_valtype_equal(ptr, supported):
+                out.append(kind)
+                break
+        else:
+            which = ("v128" if _wasmtime_ffi.wasmtime_wasm_valtype_equal(ptr, _V128)
+                     else "a reference type")
+            raise InvalidConfiguration(f"{what} uses {which}; WasmHook supports the value "
+                                       f"types i32, i64, f32 and f64 only")
     return tuple(out)
 
 
-def _compile(module: Any, engine: wasmtime.Engine) -> Tuple[wasmtime.Module, Optional[bytes]]:
-    # (the compiled module, its wasm binary when we have it)
+def _compile(module: Any, engine: wasmtime.Engine) -> wasmtime.Module:
     if isinstance(module, wasmtime.Module):
-        return module, None
+        return module
     try:
         if isinstance(module, (bytes, bytearray, memoryview)):
             binary = bytes(module)
@@ -147,108 +163,9 @@ def _compile(module: Any, engine: wasmtime.Engine) -> Tuple[wasmtime.Module, Opt
                                        f"wasmtime.Module, got {type(module).__name__}")
         if not binary.startswith(b"\0asm"):
             binary = bytes(wasmtime.wat2wasm(binary.decode("utf-8", "replace")))
-        return wasmtime.Module(engine, binary), binary
+        return wasmtime.Module(engine, binary)
     except wasmtime.WasmtimeError as exc:
         raise InvalidConfiguration(f"module does not compile: {exc}") from None
-
-
-def _leb(data: bytes, pos: int) -> Tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
-
-
-_NUMERIC = {0x7F, 0x7E, 0x7D, 0x7C}
-
-
-def _interface_types_are_numeric(binary: bytes, export: str) -> bool:
-    """Do the export's and the function imports' signatures use only i32, i64,
-    f32 and f64?  Read from the binary, because wasmtime 50's C API aborts the
-    process when asked the kind of a v128 (wasm_valtype_kind)."""
-    sections: Dict[int, bytes] = {}
-    pos = 8
-    while pos < len(binary):
-        sid = binary[pos]
-        size, pos = _leb(binary, pos + 1)
-        if sid in (1, 2, 3, 7):
-            sections[sid] = binary[pos:pos + size]
-        pos += size
-    types: List[bool] = []          # per type index: only numeric value types?
-    data = sections.get(1, b"")
-    if data:
-        count, p = _leb(data, 0)
-        for _ in range(count):
-            if data[p] != 0x60:
-                return False        # GC type forms: not a hook's interface
-            p += 1
-            numeric = True
-            for _vec in range(2):
-                n, p = _leb(data, p)
-                for _v in range(n):
-                    numeric &= data[p] in _NUMERIC
-                    if data[p] in (0x63, 0x64):
-                        _, p = _leb(data, p + 1)
-                    else:
-                        p += 1
-            types.append(numeric)
-    funcs: List[int] = []           # function index -> type index
-    data = sections.get(2, b"")
-    if data:
-        count, p = _leb(data, 0)
-        for _ in range(count):
-            for _name in range(2):
-                n, p = _leb(data, p)
-                p += n
-            kind = data[p]
-            p += 1
-            if kind == 0:
-                t, p = _leb(data, p)
-                funcs.append(t)
-                if not types[t]:
-                    return False    # a function import with a non-numeric signature
-            elif kind == 1:
-                p += 1
-                flags, p = _leb(data, p)
-                _, p = _leb(data, p)
-                if flags & 1:
-                    _, p = _leb(data, p)
-            elif kind == 2:
-                flags, p = _leb(data, p)
-                _, p = _leb(data, p)
-                if flags & 1:
-                    _, p = _leb(data, p)
-            elif kind == 3:
-                p += 1
-                if data[p] in (0x63, 0x64):
-                    _, p = _leb(data, p + 1)
-                else:
-                    p += 1
-                p += 1
-            else:
-                return False
-    data = sections.get(3, b"")
-    if data:
-        count, p = _leb(data, 0)
-        for _ in range(count):
-            t, p = _leb(data, p)
-            funcs.append(t)
-    data = sections.get(7, b"")
-    if data:
-        count, p = _leb(data, 0)
-        for _ in range(count):
-            n, p = _leb(data, p)
-            name = data[p:p + n].decode("utf-8", "replace")
-            p += n
-            kind = data[p]
-            index, p = _leb(data, p + 1)
-            if kind == 0 and name == export:
-                return types[funcs[index]]
-    return True
 
 
 _FUEL_LOCK = threading.Lock()
@@ -360,12 +277,7 @@ class WasmHook(_wasm.HookCore):
             constraints = _impl.core.ExecutionConstraints.wasm_hook(10)
         core = _core_of(constraints)
         engine = _engine(engine)
-        compiled, binary = _compile(module, engine)
-        if binary is not None and not _interface_types_are_numeric(binary, export):
-            raise InvalidConfiguration(
-                f"export {export!r} or an imported function uses a value type other than "
-                f"i32, i64, f32 and f64 (e.g. v128 or a reference); WasmHook supports those "
-                f"four only")
+        compiled = _compile(module, engine)
         export_type = None
         for exp in compiled.exports:
             if exp.name == export:
@@ -417,13 +329,13 @@ class WasmHook(_wasm.HookCore):
                 raise InvalidConfiguration(f"the module imports {key[0]}.{key[1]}, a "
                                            f"{type(ty).__name__}; WasmHook provides function "
                                            f"imports only")
+            label = f"import {key[0]}.{key[1]}"
+            params, results = _kinds(ty.params, label), _kinds(ty.results, label)
             if key not in given:
                 raise InvalidConfiguration(f"the module imports the function "
                                            f"{key[0]}.{key[1]}; pass it in imports=")
-            label = f"import {key[0]}.{key[1]}"
             types.append(ty)
-            hosts.append((key[0], key[1], _address(ty.ptr()), given.pop(key),
-                          _kinds(ty.params, label), _kinds(ty.results, label)))
+            hosts.append((key[0], key[1], _address(ty.ptr()), given.pop(key), params, results))
         if given:
             extra = sorted(f"{m}.{n}" for m, n in given)
             raise InvalidConfiguration(f"imports names functions the module does not "

@@ -8,6 +8,9 @@ constraints).  Timing facts are orderings with headroom (a spin loop under a
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import threading
 import time
 
@@ -210,6 +213,17 @@ def test_the_guest_sees_minus_one_when_a_grow_is_refused(fp):
     assert info.value.interrupted is False          # the guest finished: -1 was its answer
 
 
+def test_a_guest_stopped_at_its_deadline_is_charged_its_linear_memory(fp):
+    grow_then_spin = """
+    (module (memory 1)
+      (func (export "f") (drop (memory.grow (i32.const 3))) (loop $l (br $l))))"""
+    hook = WasmHook(grow_then_spin, "f", constraints=fp.ExecutionConstraints(50))
+    with pytest.raises(fp.ConstraintViolation) as info:
+        hook()
+    assert info.value.kind is fp.ConstraintViolationType.TIMEOUT_EXCEEDED
+    assert 4 * PAGE <= info.value.stats.memory_used_bytes < 4 * PAGE + 8192
+
+
 def test_linear_memory_is_the_calls_memory_figure(fp):
     c = fp.ExecutionConstraints(60_000)
     hook = WasmHook(GROW, "size", constraints=c)
@@ -230,6 +244,14 @@ def test_a_guest_trap_is_a_wasm_trap_with_the_backtrace(fp):
     assert hook.idle_instances == 0
     with pytest.raises(WasmTrap, match="out of bounds"):
         WasmHook(TRAPS, "oob", constraints=c)()
+
+
+def test_a_start_function_trap_is_a_wasm_trap_with_wasmtimes_message(fp):
+    start_traps = '(module (func $s unreachable) (start $s) (func (export "f")))'
+    with pytest.raises(WasmTrap) as info:
+        WasmHook(start_traps, "f", constraints=fp.ExecutionConstraints(60_000))
+    assert info.value.message.startswith("instantiating the module failed: ")
+    assert "unreachable" in info.value.message
 
 
 def test_a_host_import_is_called_with_the_declared_types(fp):
@@ -368,6 +390,74 @@ def test_the_ticker_is_idle_when_no_call_is_in_flight(fp):
     assert _wasm.ticker_info()[0] > ticks     # it ticked while the spin ran
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_ticker_wakes_without_timer_slack_and_takes_no_signals(fp):
+    # The default timer slack (50 us) let the ticker's sleep to a call's
+    # deadline end up to 50 us late; and a process-directed signal it took
+    # would not interrupt the main thread.
+    WasmHook(ADD, "add", constraints=fp.ExecutionConstraints(60_000))(1, 1)
+    tickers = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                if f.read().strip() != "fastpath-wasm":
+                    continue
+            with open(f"/proc/{task}/timerslack_ns") as f:      # (not under task/)
+                slack = int(f.read())
+            with open(f"/proc/self/task/{task}/status") as f:
+                blocked = [line.split()[1] for line in f if line.startswith("SigBlk:")][0]
+        except FileNotFoundError:
+            continue                    # a thread that ended meanwhile
+        tickers.append((slack, int(blocked, 16)))
+    assert len(tickers) == 1
+    slack, blocked = tickers[0]
+    assert slack == 1
+    assert blocked & (1 << (signal.SIGINT - 1)) and blocked & (1 << (signal.SIGTERM - 1))
+
+
+def _simulate_ticker(rng, deadline):
+    # The ticker's arithmetic, driven by a simulated clock: it sleeps to
+    # min(next grid tick, the call's deadline) and wakes `late` after it (a
+    # timer's slack, a busy CPU).  The store's epoch deadline comes from its
+    # callback, which runs on every tick it asked for and asks again while time
+    # is left.  Returns (the first wake-up at or after the deadline, the epoch
+    # then, the epoch the store is stopped at).
+    T = _wasm.TICK_NS
+    next_tick = rng.randrange(T)
+    now = 0
+    epoch = 0
+    stop_at = epoch + _wasm._ticks_until(deadline, now, next_tick)
+    wake_at = deadline
+    while True:
+        now = min(wake_at, next_tick) + rng.choice([0, 0, 1_000, 50_000, rng.randrange(2 * T)])
+        due = wake_at <= now
+        if due:
+            wake_at = 2**62
+        ticks, next_tick = _wasm._ticks_at_wake(next_tick, now, due)
+        epoch += ticks
+        if now >= deadline:
+            return now, epoch, stop_at
+        if epoch >= stop_at:            # an early callback: time is left, ask again
+            stop_at = epoch + _wasm._ticks_until(deadline, now, next_tick)
+            wake_at = min(wake_at, deadline)
+
+
+def test_a_guest_is_stopped_at_the_tickers_first_wake_up_past_its_deadline():
+    # Whatever the wake-ups' lateness, the tick at which the ticker finds the
+    # deadline due reaches the store's epoch deadline: a grid tick that falls
+    # due in the same wake-up does not swallow the deadline's own tick (which
+    # left the guest running until the next grid tick, a period later).
+    import random
+    rng = random.Random(15)
+    missed = []
+    for _ in range(5000):
+        deadline = rng.randrange(1, 12 * _wasm.TICK_NS)
+        now, epoch, stop_at = _simulate_ticker(rng, deadline)
+        if epoch < stop_at:
+            missed.append((deadline, now, epoch, stop_at))
+    assert missed == []
+
+
 @pytest.mark.parametrize("args, error, match", [
     ((1,), TypeError, "takes 2 arguments, got 1"),
     ((1, 2, 3), TypeError, "takes 2 arguments, got 3"),
@@ -409,6 +499,74 @@ def test_bad_configuration_is_invalid_configuration(fp, kwargs, match):
     module, export = kwargs.pop("module"), kwargs.pop("export")
     with pytest.raises(fp.InvalidConfiguration, match=match):
         WasmHook(module, export, **kwargs)
+
+
+NON_NUMERIC = [
+    # WAT using v128 or a reference type in the export's or an imported
+    # function's signature (the imported one is m.f): wasmtime's
+    # wasm_valtype_kind aborts on v128 and on non-nullable or concrete
+    # references, and names externref
+    '(module (func (export "v") (param v128)))',
+    '(module (func (export "v") (result v128) (v128.const i64x2 0 0)))',
+    '(module (func (export "v") (param (ref func))))',
+    '(module (type $t (func)) (func (export "v") (param (ref null $t))))',
+    '(module (func (export "v") (param externref)))',
+    '(module (import "m" "f" (func (result v128))) (func (export "v")))',
+    '(module (import "m" "f" (func (param anyref))) (func (export "v")))',
+]
+
+
+def _imports_of(wat):
+    return {"m": {"f": abs}} if '(import "m" "f"' in wat else None
+
+
+@pytest.mark.parametrize("wat", NON_NUMERIC)
+def test_a_compiled_module_with_v128_or_reference_signatures_is_invalid_configuration(wat):
+    # A wasmtime.Module carries no binary: the signature is read through the C
+    # API.  In a child process, so that an abort fails this test, not the run.
+    import subprocess
+    imports = "{'m': {'f': abs}}" if _imports_of(wat) else "None"
+    code = (f"import wasmtime\n"
+            f"from fastpath.wasm import WasmHook, new_engine, InvalidConfiguration\n"
+            f"engine = new_engine()\n"
+            f"module = wasmtime.Module(engine, {wat!r})\n"
+            f"try:\n"
+            f"    WasmHook(module, 'v', engine=engine, imports={imports})\n"
+            f"except InvalidConfiguration as exc:\n"
+            f"    print('refused:', exc)\n"
+            f"else:\n"
+            f"    print('accepted')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused:"), out.stdout
+    assert "i32, i64, f32 and f64" in out.stdout
+    assert ("v128" if "v128" in wat else "a reference type") in out.stdout
+
+
+@pytest.mark.parametrize("wat", NON_NUMERIC)
+def test_wat_with_v128_or_reference_signatures_is_invalid_configuration(wat):
+    with pytest.raises(fwasm.InvalidConfiguration, match="i32, i64, f32 and f64"):
+        WasmHook(wat, "v", imports=_imports_of(wat))
+
+
+@pytest.mark.parametrize("make", [
+    wasmtime.Engine,
+    # even one configured as new_engine() configures its own, but for the memory
+    lambda: wasmtime.Engine(_epoch_and_fuel_config()),
+])
+def test_an_engine_not_from_new_engine_is_refused_saying_why(make):
+    with pytest.raises(fwasm.InvalidConfiguration) as info:
+        WasmHook(ADD, "add", engine=make())
+    message = str(info.value)
+    assert "new_engine()" in message and "cannot be checked" in message
+
+
+def _epoch_and_fuel_config():
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.consume_fuel = True
+    return config
 
 
 def test_a_module_from_a_foreign_engine_is_invalid_configuration():
