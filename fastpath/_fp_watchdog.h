@@ -325,6 +325,15 @@ static void fp_wd_scan_slot(fp_slot *s, int64_t now, int64_t *next_wake, fp_fire
         return;                 /* already sent; wait before re-sending */
     if (s->is_main && s->deferred && now < s->wd_refire_at_ns)
         return;
+    if (s->is_main && __atomic_load_n(&s->defer_depth, __ATOMIC_RELAXED) > 0) {
+        /* Inside uninterruptible(): the handler would only put the signal
+         * off, and each signal interrupts what runs there (a WASM guest, say,
+         * every tick).  Look again next tick. */
+        s->deferred = 1;
+        s->wd_refire_at_ns = now + FP_WD_TICK_NS;
+        fp_wd_deferrals++;
+        return;
+    }
     s->wd_refire_at_ns = now + (s->deferred ? FP_WD_TICK_NS : FP_WD_REFIRE_NS);
     if (fp_wd_signal_main(s, fire_gen, fire_kind, due, now))
         return;

@@ -270,6 +270,27 @@ def test_uninterruptible_defers_the_interrupt_to_the_end_of_the_block(fp):
     assert time.monotonic() - t0 < 15.0
 
 
+def test_no_preemption_signal_is_sent_into_an_uninterruptible_block(fp):
+    # The main thread's handler could only put the signal off inside the block;
+    # each signal would still interrupt what runs there (a WASM guest, a C
+    # call).  The watchdog looks again each tick instead, and counts it.
+    if fp.preemption_info().get("main_thread") != "signal":
+        pytest.skip("no preemption signal on this core")
+
+    def rule() -> str:
+        with fp.uninterruptible():
+            spin(0.5)               # the 50 ms deadline passes in here
+        return "returned"
+
+    before = fp.preemption_info()
+    with pytest.raises(fp.ConstraintViolation):
+        fp.ExecutionConstraints(50).create_budget().enforce(rule)
+    after = fp.preemption_info()
+    # ~1,800 ticks passed inside the block: at most the tick after it may signal.
+    assert after["interrupts_sent"] - before["interrupts_sent"] <= 2
+    assert after["interrupts_deferred"] > before["interrupts_deferred"]
+
+
 class _SlowFinalizer:
     """An object whose finalizer outlives the deadline (a cycle: only the GC frees it)."""
 
