@@ -241,19 +241,27 @@ ensure_cpython() {
 }
 
 # The sid chroot with Debian's python3.14 (for 3.14-deb).
+chroot_ok() { [ -x "$CHROOT/usr/bin/python3.14" ] && [ -x "$CHROOT/usr/bin/make" ]; }
+
 ensure_chroot() {
-    if [ -x "$CHROOT/usr/bin/python3.14" ] && [ -x "$CHROOT/usr/bin/make" ]; then
-        return 0
-    fi
+    chroot_ok && return 0
     [ "$(id -u)" = 0 ] || { warn "3.14-deb needs root (debootstrap, chroot)"; return 1; }
-    command -v debootstrap >/dev/null || apt-get install -y --no-install-recommends debootstrap
-    say "debootstrap sid into $CHROOT"
-    rm -rf "$CHROOT"
+    command -v debootstrap >/dev/null || apt-get install -y --no-install-recommends debootstrap \
+        || { apt-get update -qq && apt-get install -y --no-install-recommends debootstrap; } \
+        || return 1
     mkdir -p "$(dirname "$CHROOT")" "$CACHE/logs"
-    debootstrap --variant=minbase \
-        --include=python3.14,python3.14-dev,python3.14-venv,gcc,make,libc6-dev,ca-certificates \
-        sid "$CHROOT" http://deb.debian.org/debian > "$CACHE/logs/debootstrap-sid.log" 2>&1 || {
-        warn "debootstrap failed: see $CACHE/logs/debootstrap-sid.log"; return 1; }
+    (
+        flock 9                  # another run may be making it (the cache is shared)
+        chroot_ok && exit 0
+        say "debootstrap sid into $CHROOT"
+        start=$(date +%s)
+        rm -rf "$CHROOT"
+        debootstrap --variant=minbase \
+            --include=python3.14,python3.14-dev,python3.14-venv,gcc,make,libc6-dev,ca-certificates \
+            sid "$CHROOT" http://deb.debian.org/debian > "$CACHE/logs/debootstrap-sid.log" 2>&1 || {
+            warn "debootstrap failed: see $CACHE/logs/debootstrap-sid.log"; exit 1; }
+        echo "sid chroot made in $(( $(date +%s) - start ))s"
+    ) 9> "$CACHE/.lock-chroot-sid"
 }
 
 # Run a shell command inside the chroot, with the clone at the same path (the
