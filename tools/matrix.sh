@@ -4,35 +4,54 @@
 # (.venv-<tag>, next to the default .venv, gitignored), through the Makefile's
 # own targets:  make VENV=.venv-<tag> PYTHON=<interpreter> build|test|selftest|bench
 #
-# Versions (MATRIX_VERSIONS, default "3.11 3.13 3.14 3.14t"):
+# Versions (MATRIX_VERSIONS, default "3.11 3.13 3.13t 3.14 3.14t"):
 #   3.11      the machine's python3 (MATRIX_PYTHON_3_11 overrides the path)
 #   3.13      CPython built from Debian trixie's python3.13 source package
-#   3.14      CPython built from Debian sid's python3.14 source package
-#   3.14t     the same 3.14 tarball built with --disable-gil (free-threaded)
-#   3.13t     the 3.13 tarball built with --disable-gil
+#   3.13t     the 3.13 tarball built with --disable-gil (free-threaded)
+#   3.14      CPython built from Debian sid's python3.14 source package; where the
+#             archive does not serve that source, 3.14-deb instead (one line says
+#             so, and the summary: "3.14: runs as 3.14-deb, because ...")
+#   3.14t     the 3.14 tarball built with --disable-gil; where the source is not
+#             served, "unavailable: <reason>" (no binary fallback: Debian's
+#             python3.14 is a GIL build)
 #   3.14-deb  Debian sid's own binary python3.14 (python3.14, -dev, -venv), run in
-#             a sid chroot made with debootstrap: the fallback where the archive
-#             does not serve the python3.14 source
+#             a sid chroot made with debootstrap
 # A suite per minor version: MATRIX_SUITE_3_13 (trixie), MATRIX_SUITE_3_14 (sid).
+# The deb-src entries go to MATRIX_APT_SOURCES
+# (/etc/apt/sources.list.d/fastpath-src.sources).
 #
-# Cache (FASTPATH_CACHE, default ~/.cache/fastpath), outside the clone:
+# Unavailable versions: a version whose source the Debian archive answers for
+# but does not serve (a 404 for its files, or no such source package) cannot
+# exist on this machine: it runs its fallback (MATRIX_FALLBACK_<tag>; 3.14 ->
+# 3.14-deb; "" for none) or is listed as "unavailable: <apt-get's reason>" in
+# the summary and does not fail the run (MATRIX_UNAVAILABLE_FAILS=1: it does).
+# Anything else that keeps an interpreter from running (a failed download, a
+# failed build, no deb-src entry without root, a failed debootstrap or venv) fails.
+#
+# Cache (FASTPATH_CACHE, default ~/.cache/fastpath), outside the clone, shared by
+# runs (builds and the chroot are made under flock):
 #   cpython/<version>[t]/   an installed interpreter, e.g. cpython/3.13.5/bin/python3.13;
 #                           reused when its bin/python3.X[t] runs and has ssl, zlib,
 #                           ctypes, lzma, bz2 and sqlite3 (rebuilt otherwise)
 #   src/                    the Debian source packages (apt-get source --download-only)
 #   logs/build-<v>.log      configure + make + make install output
+#   logs/source-python<minor>-<suite>.log   apt-get source's output
 #   chroot/sid/             the sid chroot for 3.14-deb
 # So a warm machine pays only for the tests.  Builds use make -j$MATRIX_JOBS (2).
 #
-# Steps (MATRIX_STEPS, default "build test selftest bench"); "costs" runs only the
-# enforce/execute benchmark rows (make costs, tools/matrix_costs.py) and the summary
-# then prints them per version, as ratios to f() measured on that version.
-# Per version, logs and the bench goal table go to .matrix/<tag>/ (gitignored);
+# Steps (MATRIX_STEPS, default "build test selftest bench"; MATRIX_STEPS_<tag>
+# for one version, e.g. MATRIX_STEPS_3_11="build selftest costs"); "costs" runs
+# only the enforce/execute benchmark rows (make costs, tools/matrix_costs.py) and
+# the summary then prints them per version, as ratios to f() measured on that version.
+# Per version, logs and the bench goal table go to .matrix/<tag>/ (gitignored;
+# MATRIX_OUT moves it, inside the clone for 3.14-deb's chroot to see it);
 # the summary to .matrix/summary.txt.  The bench runs with MATRIX_BENCH_ARGS
-# (default --quick: shorter pytest-benchmark runs; "" for the full run).
-# Exit status: 0 only if every step of every version passed.
+# (default --quick: shorter pytest-benchmark runs; "" for the full run); it
+# exits 0 whatever the goals say, so it reports and never fails the run.
+# Exit status: 0 only if every step of every available version passed.
 #
-# Not part of CI: .ci/run does not call this.
+# CI: .ci/run calls `make matrix` after `make test` with its own version list and
+# steps (see there and README "Other Pythons").
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -313,7 +332,7 @@ ensure_venv() {
 
 # -------------------------------------------------------------------- steps
 
-declare -A RESULT DETAIL PYINFO FALLBACK NOTE RAN SETUP
+declare -A RESULT DETAIL PYINFO FALLBACK NOTE RAN SETUP STEPS_OF
 FAILED=0
 
 # usage: run_step TAG STEP COMMAND...; output to .matrix/TAG/STEP.log
@@ -465,7 +484,10 @@ run_version() {
     else
         unset PIP_CONSTRAINT
     fi
-    for step in $STEPS; do
+    local svar="MATRIX_STEPS_${tag//[.-]/_}"
+    STEPS_OF[$tag]=${!svar-$STEPS}
+    [ "${STEPS_OF[$tag]}" = "$STEPS" ] || echo "   steps ($svar): ${STEPS_OF[$tag]}"
+    for step in ${STEPS_OF[$tag]}; do
         case "$step" in
             build) run_step "$tag" build "${mk[@]}" build || break ;;  # nothing else can run
             test) run_step "$tag" test "${mk[@]}" test ;;
@@ -495,7 +517,7 @@ fi
 # The steps of one tag that ran, in the summary.
 summary_steps() {
     local tag=$1 step rc
-    for step in $STEPS; do
+    for step in ${STEPS_OF[$tag]-$STEPS}; do
         rc=${RESULT[$tag,$step]:-}
         if [ -z "$rc" ]; then
             printf '   %-9s  skip  (an earlier step failed)\n' "$step"
