@@ -184,16 +184,16 @@ fetch_source() {
         tarball=$(cached_tarball "$minor")
         if [ -z "$tarball" ]; then
             ensure_deb_src "$suite" || return 1
-            say "apt-get source --download-only python$minor/$suite"
-            if ! (cd "$CACHE/src" && apt-get source --download-only "python$minor/$suite") 2>&1 \
-                    | tee "$log"; then
-                if grep -qE ' 404 +Not Found|Unable to find a source package' "$log"; then
-                    warn "the Debian archive does not serve the python$minor source from $suite"
-                    return 3
-                fi
-                warn "apt-get source python$minor/$suite failed (see $log)"
+            say "apt-get source --download-only python$minor/$suite (output in $log)"
+            if ! (cd "$CACHE/src" && apt-get source --download-only "python$minor/$suite") \
+                    > "$log" 2>&1; then
+                # the caller says what it does instead, in one line
+                grep -qE ' 404 +Not Found|Unable to find a source package' "$log" && return 3
+                warn "apt-get source python$minor/$suite failed; the end of $log:"
+                tail -n 15 "$log"
                 return 1
             fi
+            grep -E '^Fetched ' "$log"
             tarball=$(cached_tarball "$minor")
         fi
     } >&2
