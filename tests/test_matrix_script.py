@@ -194,8 +194,8 @@ def test_a_version_that_cannot_be_had_is_listed_unavailable_and_does_not_fail(sh
     assert r.returncode == 0, r.stdout + r.stderr
     summary = (sh.tmp / "out" / "summary.txt").read_text()
     assert f"\n3.14: unavailable: {REASON}\n" in summary
-    assert (f"\n3.14t: unavailable: {REASON}; a free-threaded build has no binary fallback"
-            in summary)
+    assert (f"\n3.14t: unavailable: {REASON}; no binary fallback known (no sid chroot to look"
+            " for python3.14-nogil in)\n" in summary)
     assert summary.rstrip().endswith(
         "matrix: every version here passed (unavailable on this machine: 3.14 3.14t)")
     assert not (sh.tmp / "out" / "3.14" / "build.log").exists()          # no step ran
@@ -203,3 +203,15 @@ def test_a_version_that_cannot_be_had_is_listed_unavailable_and_does_not_fail(sh
     r = run_matrix(sh, MATRIX_VERSIONS="3.14t", MATRIX_STEPS="build", MATRIX_UNAVAILABLE_FAILS="1")
     assert r.returncode == 1
     assert "matrix: FAILED" in (sh.tmp / "out" / "summary.txt").read_text()
+
+
+def test_a_free_threaded_version_names_what_sid_ships(sh: Shell) -> None:
+    lists = sh.cache / "chroot" / "sid" / "var" / "lib" / "apt" / "lists"
+    lists.mkdir(parents=True)
+    packages = lists / "deb.debian.org_debian_dists_sid_main_binary-amd64_Packages"
+    packages.write_text("Package: python3.14\nVersion: 3.14.10-1\n\nPackage: python3.14-dev\n")
+    r = sh.run("nogil_binary 3.14")
+    assert r.stdout == ("no binary fallback: sid's Packages (the 3.14-deb chroot's) has no"
+                        " python3.14-nogil\n")
+    packages.write_text(packages.read_text() + "\nPackage: python3.14-nogil\n")
+    assert sh.run("nogil_binary 3.14").stdout == "sid has python3.14-nogil, which no tag runs yet\n"

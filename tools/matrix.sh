@@ -403,6 +403,20 @@ vpy() {                   # run Python code with a version's venv (in the chroot
     fi
 }
 
+# Whether Debian sid ships a free-threaded binary of MINOR (python<MINOR>-nogil),
+# read from the sid chroot's package lists (as of its debootstrap): one phrase.
+nogil_binary() {
+    local minor=$1 lists
+    lists=$(ls "$CHROOT"/var/lib/apt/lists/*_dists_sid_main_binary-*_Packages 2>/dev/null)
+    if [ -z "$lists" ]; then
+        echo "no binary fallback known (no sid chroot to look for python$minor-nogil in)"
+    elif grep -qx "Package: python$minor-nogil" $lists; then
+        echo "sid has python$minor-nogil, which no tag runs yet"
+    else
+        echo "no binary fallback: sid's Packages (the 3.14-deb chroot's) has no python$minor-nogil"
+    fi
+}
+
 # Record TAG as unavailable with REASON, or run its fallback (MATRIX_FALLBACK_<tag>).
 unavailable() {
     local tag=$1 reason=$2 fvar="MATRIX_FALLBACK_${1//./_}" fallback
@@ -416,7 +430,7 @@ unavailable() {
         return
     fi
     if [[ "$tag" == *t ]]; then
-        reason="$reason; a free-threaded build has no binary fallback (Debian's python3.X binaries are GIL builds)"
+        reason="$reason; $(nogil_binary "${tag%t}")"
     fi
     echo "matrix: $tag unavailable: $reason" >&2
     RESULT[$tag,interpreter]=unavailable
