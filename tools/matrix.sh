@@ -517,17 +517,8 @@ run_version() {
     done
 }
 
-# ------------------------------------------------------------------- main
+# ------------------------------------------------------------------ summary
 
-# Sourced (tests/test_matrix_script.py): the functions only.
-if (return 0 2>/dev/null); then
-    return 0
-fi
-if [ "${1:-}" = --in-chroot ]; then      # used by run_step for 3.14-deb
-    shift
-    in_chroot "$*"
-    exit $?
-fi
 # The steps of one tag that ran, in the summary.
 summary_steps() {
     local tag=$1 step rc
@@ -587,6 +578,17 @@ summary() {
     fi
 }
 
+# ------------------------------------------------------------------- main
+
+# Sourced (tests/test_matrix_script.py): the functions only.
+if (return 0 2>/dev/null); then
+    return 0
+fi
+if [ "${1:-}" = --in-chroot ]; then      # used by run_step for 3.14-deb
+    shift
+    in_chroot "$*"
+    exit $?
+fi
 mkdir -p "$OUT"
 cd "$ROOT" || exit 2
 echo "fastpath matrix: $VERSIONS, steps: $STEPS (cache $CACHE, bench args '${BENCH_ARGS}')"
