@@ -215,3 +215,14 @@ def test_a_free_threaded_version_names_what_sid_ships(sh: Shell) -> None:
                         " python3.14-nogil\n")
     packages.write_text(packages.read_text() + "\nPackage: python3.14-nogil\n")
     assert sh.run("nogil_binary 3.14").stdout == "sid has python3.14-nogil, which no tag runs yet\n"
+
+
+def test_a_present_deb_src_is_found_however_long_the_list(sh: Shell) -> None:
+    # grep -q stops reading at the first match; apt-get, still writing the rest of a long
+    # list, then dies of SIGPIPE, which pipefail must not read as "no such entry"
+    many = " ".join(f"suite{i}" for i in range(3000))
+    sh.sources.write_text(f"Types: deb-src\nSuites: trixie {many}\n")
+    r = sh.run("ensure_deb_src trixie")
+    assert r.returncode == 0, r.stderr
+    assert "update -qq" not in sh.calls()
+    assert sh.sources.read_text().startswith("Types: deb-src\nSuites: trixie suite0 ")

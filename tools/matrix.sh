@@ -116,8 +116,11 @@ ensure_deb_src() {
     # --no-release-info prints the sources.list suite as "Release:" (a "Suite:"
     # line there is the Release file's, e.g. "unstable" for sid, and is absent
     # with that option: matching it never succeeded and added sid once per run)
-    if apt-get indextargets --no-release-info 'Created-By: Sources' 2>/dev/null \
-            | grep -q "^Release: $suite\$"; then
+    # (read whole, then matched: grep -q on a pipe stops reading at the first match,
+    # and apt-get's SIGPIPE on a long list would fail the pipeline under pipefail)
+    local targets
+    targets=$(apt-get indextargets --no-release-info 'Created-By: Sources' 2>/dev/null)
+    if grep -qx "Release: $suite" <<< "$targets"; then
         return 0
     fi
     if [ "$(id -u)" != 0 ]; then
