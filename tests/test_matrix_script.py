@@ -48,10 +48,12 @@ case "$1" in
                 : > python3.13_3.13.5.orig.tar.xz
                 echo "Download complete and in download only mode" ;;
             python3.14/sid)
+                pool=http://deb.debian.org/debian/pool/main/p/python3.14
+                ip="[IP: 203.0.113.80 80]"
                 echo "Selected version '3.14.10-1' (sid) for python3.14"
                 echo "Err:1 http://deb.debian.org/debian sid/main python3.14 3.14.10-1 (dsc)"
-                echo "  404  Not Found [IP: 203.0.113.80 80]"
-                echo "E: Failed to fetch http://deb.debian.org/debian/pool/main/p/python3.14/python3.14_3.14.10-1.dsc  404  Not Found [IP: 203.0.113.80 80]" >&2
+                echo "  404  Not Found $ip"
+                echo "E: Failed to fetch $pool/python3.14_3.14.10-1.dsc  404  Not Found $ip" >&2
                 echo "E: Failed to fetch some archives." >&2
                 exit 100 ;;
             *)
