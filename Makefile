@@ -8,8 +8,10 @@
 #   make annotate   Cython's HTML annotation of the core (fastpath/_budget.html)
 #   make lint       ruff + cython-lint + mypy --strict on the typing example
 #   make matrix     the suite, selftest and bench goal table on CPython 3.11, 3.13,
-#                   3.14 and free-threaded 3.14t (tools/matrix.sh; builds and caches
-#                   the interpreters in ~/.cache/fastpath/cpython)
+#                   free-threaded 3.13t, 3.14 and 3.14t (tools/matrix.sh; builds and
+#                   caches the interpreters in ~/.cache/fastpath/cpython; 3.14 runs as
+#                   Debian's binary, 3.14-deb, and 3.14t is listed unavailable while
+#                   the archive does not serve the python3.14 source)
 #
 # Another interpreter in its own venv: make VENV=.venv-3.13 PYTHON=/path/python3.13 test
 # (each venv has its own stamps; the compiled modules carry the ABI in their names).
@@ -102,7 +104,8 @@ lint: $(STAMP)-deps
 	PATH=$(BIN):$$PATH $(BIN)/cython-lint fastpath/*.pyx
 	$(PY) -m mypy
 
-# Not part of CI (.ci/run): see tools/matrix.sh for the variables it reads.
+# CI (.ci/run) runs it after `make test`, with its own versions and steps; the
+# variables it reads are listed at the top of tools/matrix.sh.
 matrix:
 	bash tools/matrix.sh
 
