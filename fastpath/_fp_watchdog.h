@@ -459,9 +459,24 @@ static void fp_wd_wake(void)
 
 static void fp_atfork_child(void);
 
-/* Start the watchdog (idempotent).  Called with the GIL held.  Returns 0, or
- * -1 with errno set. */
+/* Start the watchdog (idempotent).  Returns 0, or -1 with errno set.  Several
+ * threads may call it at once on a free-threaded build (no GIL serialises
+ * them): fp_wd_start_lock makes one of them start the thread and the others
+ * see it running.  Off the per-call path (callers test fp_wd_running first). */
+static pthread_mutex_t fp_wd_start_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fp_wd_start_locked(void);
+
 static int fp_wd_start(void)
+{
+    int rc;
+    pthread_mutex_lock(&fp_wd_start_lock);
+    rc = fp_wd_start_locked();
+    pthread_mutex_unlock(&fp_wd_start_lock);
+    return rc;
+}
+
+static int fp_wd_start_locked(void)
 {
     pthread_attr_t attr;
     sigset_t all, old;
@@ -528,6 +543,8 @@ static void fp_atfork_child(void)
     fp_slot *s;
     pthread_mutex_init(&fp_registry_lock, NULL);
     pthread_mutex_init(&fp_wd_lock, NULL);
+    pthread_mutex_init(&fp_wd_start_lock, NULL);
+    fp_mutex_reinit(&fp_mem_lock);
     pthread_mutex_init(&fp_switch_lock, NULL);
     if (fp_wd_cond_ready)
         pthread_cond_init(&fp_wd_cond, NULL);
