@@ -99,7 +99,7 @@ static inline int fp_in_order(fp_slot *s, const fp_saved *sv, uint64_t gen)
 /* Disarm: restore what the enclosing call (if any) had armed.  Returns 1 when
  * the watchdog sent an interrupt for this generation; the caller then clears
  * a possibly still pending asynchronous exception (GIL path). */
-static inline int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen)
+static inline int fp_disarm_locked(fp_slot *s, const fp_saved *sv, uint64_t gen)
 {
     int fired = (__atomic_load_n(&s->fire_gen, __ATOMIC_ACQUIRE) == gen);
     if (!fp_in_order(s, sv, gen))
@@ -115,6 +115,15 @@ static inline int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen)
     fp_seq_end(s);
     s->depth--;
     s->current = sv->current;
+    return fired;
+}
+
+static inline int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen)
+{
+    int fired;
+    fp_mutex_lock(&s->fire_lock);       /* nothing under a GIL (see fp_slot) */
+    fired = fp_disarm_locked(s, sv, gen);
+    fp_mutex_unlock(&s->fire_lock);
     return fired;
 }
 

@@ -58,9 +58,19 @@ static int fp_frame_is_critical(PyObject *frame)
 
 /* Is the thread `ident` inside a critical stdlib frame right now?  GIL held
  * by the caller (the watchdog), so the target is parked where it will
- * resume -- which is where an asynchronous exception would land. */
+ * resume -- which is where an asynchronous exception would land.
+ *
+ * Free-threaded builds (Py_GIL_DISABLED): the target keeps running while the
+ * watchdog looks, and reading another running thread's frames (as
+ * PyThreadState_GetFrame does) crashes: it segfaulted in 3.13t with the GIL
+ * off.  CPython 3.13 has no public way to pause one thread or the world for
+ * the look (_PyEval_StopTheWorld is not exported), so there only a running
+ * collection (fp_gc_ident) is known; the frame checks are not made. */
 static int fp_thread_in_critical(unsigned long ident)
 {
+#ifdef Py_GIL_DISABLED
+    return __atomic_load_n(&fp_gc_ident, __ATOMIC_RELAXED) == ident;
+#else
     PyThreadState *ts;
     PyFrameObject *frame;
     int hit, gc_was;
@@ -82,6 +92,7 @@ static int fp_thread_in_critical(unsigned long ident)
     if (gc_was)
         PyGC_Enable();
     return hit;
+#endif
 }
 
 #endif /* FASTPATH_CRITICAL_H */

@@ -6,6 +6,7 @@
 #define FASTPATH_SLOT_H
 
 #include "_fp_common.h"
+#include "_fp_atomic.h"
 #include "_fp_clock.h"
 #include "_fp_memhook.h"
 
@@ -70,6 +71,11 @@ typedef struct fp_slot {
     uint64_t wd_seen_seq;
     int64_t wd_refire_at_ns;  /* do not (re)send before this */
     int wd_gil_fallback;      /* a signal did not land: use the GIL path for fire_gen */
+    /* -- the GIL path's hand-over: the owner's disarm and the watchdog's check
+     * of armed_gen + fire_gen store + PyThreadState_SetAsyncExc hold it, so an
+     * interrupt is either seen by the disarm (and cleared) or not sent.  Under
+     * a GIL the GIL does this and fp_mutex is nothing (_fp_atomic.h). */
+    fp_mutex fire_lock;
     /* -- memory accounting, owner only (see _fp_memhook.h) -- */
     fp_mem mem;
     struct fp_slot *next;

@@ -112,9 +112,12 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
         /* The checks above call into the interpreter (a frame object, a
          * garbage collection, signal.getsignal), which can let the owner run
          * and finish its call: validate again, with nothing in between and
-         * the injection. */
-        if (!fp_fire_valid(s, g))
+         * the injection (and, with no GIL, the owner's disarm held off). */
+        fp_mutex_lock(&s->fire_lock);
+        if (!fp_fire_valid(s, g)) {
+            fp_mutex_unlock(&s->fire_lock);
             continue;
+        }
         s->fire_kind = fires[i].kind;
         s->fire_ns = fires[i].due_ns;
         if (!(s->is_main && fp_sig_route == FP_ROUTE_OURS)) {
@@ -123,6 +126,7 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
         }   /* else the signal handler may still raise it first (e.g. in a sleep) */
         __atomic_store_n(&s->fire_gen, g, __ATOMIC_RELEASE);
         PyThreadState_SetAsyncExc(s->py_ident, fp_interrupt_type);
+        fp_mutex_unlock(&s->fire_lock);
         fp_wd_fires++;
     }
     fp_wd_tstate = PyEval_SaveThread();
@@ -561,6 +565,7 @@ static void fp_atfork_child(void)
 #endif
     fp_main_ident = PyThread_get_thread_ident();   /* the forking thread is the child's main */
     for (s = fp_registry; s; s = s->next) {
+        fp_mutex_reinit(&s->fire_lock);
         if (s != fp_tls_slot) {
             s->in_use = 0;
             s->has_cpu_clock = 0;
