@@ -143,6 +143,7 @@ cdef extern from "_fp_runtime.h":
     int64_t fp_cpu_start_lo(const fp_slot *s, int cpu_idx, uint64_t gen, int64_t lo) noexcept
     int fp_cpu_watch_of(const fp_slot *s, uint64_t gen) noexcept
     int fp_fire_for_running(const fp_slot *s) noexcept
+    int fp_defer_enter(fp_slot *s) noexcept
     int fp_main_pending(fp_slot *s) noexcept
     int fp_frame_is_critical(object frame) except -1
     int fp_wd_start() noexcept
@@ -1734,8 +1735,7 @@ Put off interrupts while the block runs (sync ``with`` or ``async with``).
         cdef fp_slot *slot = fp_tls_slot
         if slot == NULL:
             slot = _new_slot()
-        slot.defer_depth += 1
-        if fp_fire_for_running(slot):
+        if fp_defer_enter(slot):
             # An interrupt sent under the GIL for the running call may not have
             # been raised yet: 3.13 raises it at the next eval-breaker check
             # after the one it was sent at, which can be inside this block.

@@ -248,6 +248,20 @@ static inline int fp_fire_for_running(const fp_slot *s)
     return g != 0 && (g == s->armed_gen || fp_cpu_watch_of(s, g) >= 0);
 }
 
+/* uninterruptible() begins on the owner's thread: count the block and say whether
+ * an interrupt for the running call was sent (the caller takes it back).  Under
+ * fire_lock, so that with no GIL the watchdog's check of defer_depth and its
+ * injection cannot straddle the increment (see fp_slot.fire_lock). */
+static inline int fp_defer_enter(fp_slot *s)
+{
+    int fired;
+    fp_mutex_lock(&s->fire_lock);
+    s->defer_depth++;
+    fired = fp_fire_for_running(s);
+    fp_mutex_unlock(&s->fire_lock);
+    return fired;
+}
+
 static inline fp_slot *fp_slot_peek(void) { return fp_tls_slot; }
 
 #endif /* FASTPATH_SLOT_H */

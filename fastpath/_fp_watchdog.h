@@ -114,8 +114,11 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
          * and finish its call: validate again, with nothing in between and
          * the injection (and, with no GIL, the owner's disarm held off). */
         fp_mutex_lock(&s->fire_lock);
-        if (!fp_fire_valid(s, g)) {
+        if (!fp_fire_valid(s, g) || s->defer_depth > 0) {
+            /* (an uninterruptible() block began meanwhile: next tick) */
             fp_mutex_unlock(&s->fire_lock);
+            if (s->defer_depth > 0)
+                s->wd_refire_at_ns = fp_now_ns() + FP_WD_TICK_NS;
             continue;
         }
         s->fire_kind = fires[i].kind;
