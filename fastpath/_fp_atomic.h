@@ -78,9 +78,9 @@ typedef struct { char unused; } fp_cs2;
 
 typedef struct { char unused; } fp_mutex;
 #define FP_MUTEX_INIT {0}
-#define fp_mutex_lock(m) ((void)(m))
-#define fp_mutex_unlock(m) ((void)(m))
-#define fp_mutex_reinit(m) ((void)(m))
+#define fp_mutex_lock(m) ((void)0)      /* (m may name a field GIL builds lack) */
+#define fp_mutex_unlock(m) ((void)0)
+#define fp_mutex_reinit(m) ((void)0)
 
 #endif
 

@@ -74,8 +74,10 @@ typedef struct fp_slot {
     /* -- the GIL path's hand-over: the owner's disarm and the watchdog's check
      * of armed_gen + fire_gen store + PyThreadState_SetAsyncExc hold it, so an
      * interrupt is either seen by the disarm (and cleared) or not sent.  Under
-     * a GIL the GIL does this and fp_mutex is nothing (_fp_atomic.h). */
+     * a GIL the GIL does this and the field does not exist (_fp_atomic.h). */
+#if FP_FREE_THREADED
     fp_mutex fire_lock;
+#endif
     /* -- memory accounting, owner only (see _fp_memhook.h) -- */
     fp_mem mem;
     struct fp_slot *next;
