@@ -14,9 +14,20 @@
  * each of the same counter; ns per increment is the wall time of the run / N
  * (so with 2 threads it is the time per increment per thread, contended).
  *
- * Build and run (bench/ft_counters.sh does both):
+ * Build and run:
  *   PY=~/.cache/fastpath/cpython/3.13.5t/bin/python3.13t
- *   gcc -O2 bench/ft_counters.c $($PY-config --cflags --ldflags --embed) -lpthread
+ *   gcc -O2 bench/ft_counters.c $($PY-config --cflags --ldflags --embed) -lpthread \
+ *       -o /tmp/ft_counters && /tmp/ft_counters
+ *
+ * Measured 2026-12-02 on this 2-core machine (3.13.5t, other jobs running; two
+ * runs): 1 thread -- plain 4.5-9.5 ns, atomic 5.7-6.1, pymutex 17.6-28.4,
+ * critsec 21.3-32.9, shard 0.5-0.7; 2 threads -- atomic 10-23, pymutex 28-63,
+ * critsec 29-65, shard 0.6-1.3 (plain lost no update in those runs: the two
+ * threads overlapped little on the loaded machine, so the 2-thread figures
+ * understate contention).  The core uses atomics for its counters
+ * (fp_add, _fp_atomic.h): 3-5x cheaper than a lock, and unlike shards they
+ * need no per-thread storage or merge on read; critical sections only where
+ * several fields change together.
  */
 #include <Python.h>
 #include <pthread.h>
