@@ -428,7 +428,8 @@ class _Slot:
         self.fire_gen = 0
         # The watchdog's check + injection and the owner's disarm + fire_gen read
         # (and uninterruptible()'s entry) hold it on a free-threaded build, where
-        # no GIL keeps the owner from running in between; a no-op context under a GIL.
+        # no GIL keeps the owner from running in between; a no-op context under a
+        # GIL, where the disarm sites do not touch it (no call there: see enforce).
         self.fire_lock = threading.Lock() if _FREE_THREADED else _NO_LOCK
         self.refire = False         # send fire_gen's interrupt again (see uninterruptible)
         self.fire_kind = 0
@@ -614,7 +615,7 @@ class uninterruptible:
 
     def __enter__(self) -> "uninterruptible":
         slot = _slot()
-        with slot.fire_lock:
+        if not _FREE_THREADED:
             slot.defer += 1
             if slot.fire_gen and (slot.fire_gen == slot.armed_gen
                                   or slot.fire_gen in slot.cpu_gens):
@@ -622,6 +623,13 @@ class uninterruptible:
                 # yet (3.13 raises it at the eval-breaker check after the one it
                 # was sent at, which can be inside this block): take it back, and
                 # let the watchdog send it again (it defers it while the block runs).
+                _set_async_exc(slot.ident, _CLEAR)
+                slot.refire = True
+            return self
+        with slot.fire_lock:        # no GIL: the watchdog checks defer under it
+            slot.defer += 1
+            if slot.fire_gen and (slot.fire_gen == slot.armed_gen
+                                  or slot.fire_gen in slot.cpu_gens):
                 _set_async_exc(slot.ident, _CLEAR)
                 slot.refire = True
         return self
@@ -921,7 +929,25 @@ class ExecutionBudget:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            with slot.fire_lock:
+            if _FREE_THREADED:
+                # No GIL: the watchdog checks and injects under fire_lock; the
+                # interrupt is cleared inside it, before a call could raise it.
+                with slot.fire_lock:
+                    if slot.depth == depth and gen > slot.reset_gen:
+                        slot.armed_gen, slot.interrupt_at, slot.current = saved
+                        slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
+                        slot.depth = depth - 1
+                    elif gen > slot.reset_gen:
+                        # Calls returned out of order (greenlets): forget everything
+                        # armed here and stop interrupting calls on this thread.
+                        slot.armed_gen, slot.interrupt_at = 0, NEVER
+                        slot.cpu, slot.current = (), None
+                        slot.cpu_gens = ()
+                        slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+                    fired = slot.fire_gen == gen
+                    if fired:
+                        _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
+            else:
                 if slot.depth == depth and gen > slot.reset_gen:
                     slot.armed_gen, slot.interrupt_at, slot.current = saved
                     slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
@@ -933,8 +959,8 @@ class ExecutionBudget:
                     slot.cpu_gens = ()
                     slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
                 fired = slot.fire_gen == gen
-            if fired:
-                _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
+                if fired:
+                    _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
             mask = self._finish(fn_start, outer)
             self._ending = Ending.RAISED
             if isinstance(exc, ExecutionInterrupted):
@@ -951,7 +977,22 @@ class ExecutionBudget:
                 if mask:        # over a limit
                     raise self._late(slot, mask, stop_it, interrupt_at, fired)  # noqa: B904
             raise
-        with slot.fire_lock:
+        if _FREE_THREADED:
+            # No GIL: the watchdog checks and injects under fire_lock; the
+            # interrupt is cleared inside it, before a call could raise it.
+            with slot.fire_lock:
+                if slot.depth == depth and gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.current = saved
+                    slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
+                    slot.depth = depth - 1
+                elif gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+                    slot.cpu_gens = ()
+                    slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+                fired = slot.fire_gen == gen
+                if fired:
+                    _set_async_exc(slot.ident, _CLEAR)
+        else:
             if slot.depth == depth and gen > slot.reset_gen:
                 slot.armed_gen, slot.interrupt_at, slot.current = saved
                 slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
@@ -961,8 +1002,8 @@ class ExecutionBudget:
                 slot.cpu_gens = ()
                 slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
             fired = slot.fire_gen == gen
-        if fired:
-            _set_async_exc(slot.ident, _CLEAR)
+            if fired:
+                _set_async_exc(slot.ident, _CLEAR)
         mask = self._finish(fn_start, outer)
         if mask and (not step or (stop_it and mask != 1 << TIMEOUT)):
             raise self._late(slot, mask, stop_it, interrupt_at, fired)
@@ -1089,7 +1130,22 @@ class _SyncScope:
 
     def close(self, exc: Optional[BaseException]) -> None:
         slot, gen, budget = self.slot, self.gen, self.budget
-        with slot.fire_lock:
+        if _FREE_THREADED:
+            # No GIL: the watchdog checks and injects under fire_lock; the
+            # interrupt is cleared inside it, before a call could raise it.
+            with slot.fire_lock:
+                if slot.depth == self.depth and gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.current = self.saved
+                    slot.cpu, slot.cpu_gens = slot.cpu[:self.n_cpu], slot.cpu_gens[:self.n_cpu]
+                    slot.depth = self.depth - 1
+                elif gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+                    slot.cpu_gens = ()
+                    slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+                fired = slot.fire_gen == gen
+                if fired:
+                    _set_async_exc(slot.ident, _CLEAR)
+        else:
             if slot.depth == self.depth and gen > slot.reset_gen:
                 slot.armed_gen, slot.interrupt_at, slot.current = self.saved
                 slot.cpu, slot.cpu_gens = slot.cpu[:self.n_cpu], slot.cpu_gens[:self.n_cpu]
@@ -1099,8 +1155,8 @@ class _SyncScope:
                 slot.cpu_gens = ()
                 slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
             fired = slot.fire_gen == gen
-        if fired:
-            _set_async_exc(slot.ident, _CLEAR)
+            if fired:
+                _set_async_exc(slot.ident, _CLEAR)
         mask = budget._finish(self.fn_start, self.outer)
         budget._ending = Ending.RETURNED if exc is None else Ending.RAISED
         if isinstance(exc, ExecutionInterrupted) and fired:
