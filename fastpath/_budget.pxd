@@ -96,7 +96,8 @@ cdef class ExecutionBudget:
 
 cdef class _Breaker:
     # A CircuitBreaker's state machine and window (C integers, changed with
-    # the GIL held and never across fn; fastpath/breaker.py is the Python face).
+    # the GIL held -- inside a critical section on it on a free-threaded
+    # build -- and never across fn; fastpath/breaker.py is the Python face).
     cdef int state                     # CLOSED 0, OPEN 1, HALF_OPEN 2, FORCED_OPEN 3, DISABLED 4
     cdef double failure_rate           # trip when failures >= failure_rate * calls
     cdef double slow_call_rate         # trip when slow calls >= slow_call_rate * calls
@@ -134,15 +135,18 @@ cdef class _Breaker:
 
     # 0: refuse the call; 1: run it (CLOSED / DISABLED); 2 + gen: run it as a probe.
     cdef int64_t admit_c(self) except -1
+    cdef int64_t _admit_locked(self) except -1
     # Record the outcome of an admitted call (error: 1 fn raised an Exception,
     # -1 a BaseException that is no outcome, 0 none).
     cdef int record_c(self, int64_t token, ExecutionBudget budget, int error,
                       int64_t deadline_ns) except -1
+    cdef int _record_locked(self, int64_t token, int outcome, int error) except -1
     cdef int64_t now_c(self) except? -1
     cdef void _clear(self) noexcept
     cdef int _closed_outcome(self, int outcome) except -1
     cdef int _probe_ended(self, uint64_t gen, int outcome) except -1
     cdef int _move(self, int new_state, int64_t now, str reason) except -1
+    cdef tuple _snapshot_locked(self)
 
 
 cdef class _Adaptive:
@@ -167,11 +171,14 @@ cdef class _Adaptive:
 
     # 1 when this call ended the window (the caller then runs _finish_window).
     cdef int record_c(self, int64_t elapsed_ns, bint timed_out, int64_t stop_ns) except -1
+    cdef int _record_locked(self, int64_t elapsed_ns, bint timed_out, int64_t stop_ns) except -1
+    cdef object _finish_window_locked(self)
 
 
 cdef class _RuleState:
     # One rule type's profile and counters inside an enforcer (exact: updated
-    # with the GIL held, never across the rule's own code).
+    # with the GIL held, or atomically on a free-threaded build (fp_add), never
+    # across the rule's own code).
     cdef readonly object key           # the RuleType member
     cdef readonly ExecutionConstraints constraints  # its profile
     cdef readonly object fallback      # returned when fail-open or sampled out

@@ -47,6 +47,16 @@ cdef extern from "Python.h":
     bint PyCoro_CheckExact(object o)
     unsigned long PyThread_get_thread_ident() nogil
 
+cdef extern from "_fp_atomic.h":
+    # Shared counters and critical sections: plain operations on GIL builds.
+    ctypedef struct fp_cs:
+        pass
+    void fp_add(uint64_t *p, uint64_t n) noexcept nogil
+    void fp_add_int "fp_add"(int *p, int n) noexcept nogil
+    uint64_t fp_add_fetch(uint64_t *p, uint64_t n) noexcept nogil
+    void fp_cs_begin(fp_cs *cs, object obj) noexcept
+    void fp_cs_end(fp_cs *cs) noexcept
+
 cdef extern from "_fp_runtime.h":
     ctypedef struct fp_mem_session:
         int active
@@ -133,6 +143,7 @@ cdef extern from "_fp_runtime.h":
     int64_t fp_cpu_start_lo(const fp_slot *s, int cpu_idx, uint64_t gen, int64_t lo) noexcept
     int fp_cpu_watch_of(const fp_slot *s, uint64_t gen) noexcept
     int fp_fire_for_running(const fp_slot *s) noexcept
+    int fp_defer_enter(fp_slot *s) noexcept
     int fp_main_pending(fp_slot *s) noexcept
     int fp_frame_is_critical(object frame) except -1
     int fp_wd_start() noexcept
@@ -830,7 +841,7 @@ The running limits of one evaluation; its clock starts when it is created.
             self.record_c(FP_TIMEOUT)
             raise self._violation(1 << FP_TIMEOUT, END_EXPIRED, -1)
         self._stop_ns = 0
-        _async_scopes += 1
+        fp_add_int(&_async_scopes, 1)
         _next_seq(self)
         return ((self._deadline_ns - now) / 1e9,
                 bool(self._preempt and self._constraints._fail_closed and fp_preempt_enabled))
@@ -839,7 +850,7 @@ The running limits of one evaluation; its clock starts when it is created.
         # `async with budget:` ends: raise the violation found, if any.
         global _async_scopes
         cdef int mask
-        _async_scopes -= 1
+        fp_add_int(&_async_scopes, -1)
         self._stop_ns = fp_now_ns()
         if timed_out:
             self.record_c(FP_TIMEOUT)
@@ -1049,8 +1060,7 @@ cdef uint64_t _seq = 0         # orders async current budgets (innermost = lates
 
 cdef inline void _next_seq(ExecutionBudget b) noexcept:
     global _seq
-    _seq += 1
-    b._cur_seq = _seq
+    b._cur_seq = fp_add_fetch(&_seq, 1)
 
 
 cdef object _aio_module():
@@ -1380,10 +1390,10 @@ cdef class _RuleState:
 
     def _sample(self):
         """Count a call; False when sampled out."""
-        self.calls += 1
+        fp_add(&self.calls, 1)
         if not self.constraints.should_sample_c():
-            self.sampled_out += 1
-            self.violations[_SAMPLED_OUT] += 1
+            fp_add(&self.sampled_out, 1)
+            fp_add(&self.violations[_SAMPLED_OUT], 1)
             return False
         return True
 
@@ -1405,12 +1415,12 @@ cdef class _RuleState:
             self.breaker._record(token, -1)
 
     def _count_quota_refused(self):
-        self.quota_refused += 1
+        fp_add(&self.quota_refused, 1)
 
     def _start(self):
         """Count an executed call: its budget."""
         cdef ExecutionBudget budget
-        self.executed += 1
+        fp_add(&self.executed, 1)
         budget = self.constraints.create_budget_c()
         budget._preempt = self.preempt
         return budget
@@ -1425,20 +1435,20 @@ cdef class _RuleState:
         if _own_violation(budget):
             self.histogram.record_c(budget._stop_ns - budget._start_ns)
             for i in range(budget._violation_count):
-                self.violations[budget._violation_order[i]] += 1
+                fp_add(&self.violations[budget._violation_order[i]], 1)
             if self.constraints._fail_closed:
-                self.fail_closed += 1
+                fp_add(&self.fail_closed, 1)
                 return VERDICT_DENY
-            self.fail_open += 1
+            fp_add(&self.fail_open, 1)
             return VERDICT_FALLBACK
         if (attempt < self.max_attempts and isinstance(exc, transient)
                 and budget.remaining_ns_c() >= self.backoff_ns):
-            self.retries += 1
+            fp_add(&self.retries, 1)
             return VERDICT_RETRY
-        self.errors += 1
+        fp_add(&self.errors, 1)
         self.histogram.record_c(budget._stop_ns - budget._start_ns)
         for i in range(budget._violation_count):
-            self.violations[budget._violation_order[i]] += 1
+            fp_add(&self.violations[budget._violation_order[i]], 1)
         return VERDICT_ERROR
 
     @property
@@ -1514,10 +1524,10 @@ cdef class _EnforcerCore:
                           Py_ssize_t nargs, PyObject *kwnames):
         cdef ExecutionConstraints c = rule.constraints
         cdef int64_t token = 1
-        rule.calls += 1
+        fp_add(&rule.calls, 1)
         if not c.should_sample_c():
-            rule.sampled_out += 1
-            rule.violations[_SAMPLED_OUT] += 1
+            fp_add(&rule.sampled_out, 1)
+            fp_add(&rule.violations[_SAMPLED_OUT], 1)
             return rule.fallback
         if rule.breaker is not None:
             token = _breaker_admit(rule.breaker)
@@ -1525,7 +1535,7 @@ cdef class _EnforcerCore:
                 return _rule_refused(rule, rule_id, c)
         if rule.quota is not None:
             return _quota_pipeline(self, rule, rule_id, fn, token, args, nargs, kwnames)
-        rule.executed += 1
+        fp_add(&rule.executed, 1)
         return _attempts(self, rule, rule_id, fn, c.create_budget_c(), token, args, nargs,
                          kwnames)
 
@@ -1546,28 +1556,28 @@ cdef inline object _attempts(_EnforcerCore self, _RuleState rule, object rule_id
                 # This budget's own violation: count it, audit it, apply the policy.
                 _rule_ended(self, rule, budget, token, 0)
                 for i in range(budget._violation_count):
-                    rule.violations[budget._violation_order[i]] += 1
+                    fp_add(&rule.violations[budget._violation_order[i]], 1)
                 if c._fail_closed:
-                    rule.fail_closed += 1
+                    fp_add(&rule.fail_closed, 1)
                     self._audit(rule, rule_id, fn, exc, "deny")
                     raise
-                rule.fail_open += 1
+                fp_add(&rule.fail_open, 1)
                 self._audit(rule, rule_id, fn, exc, "fallback")
                 return rule.fallback
             if _will_retry(self, rule, budget, attempt, exc):
                 # Transient: retry inside the same budget, if it can cover the delay.
                 attempt += 1
-                rule.retries += 1
+                fp_add(&rule.retries, 1)
                 if rule.backoff_ns:
                     self._sleep(rule.backoff_ns / 1e9)
                 continue
-            rule.errors += 1
+            fp_add(&rule.errors, 1)
             _rule_ended(self, rule, budget, token, 1 if isinstance(exc, Exception) else -1)
             if budget._violation_count:
                 # Late and then failed: fn's exception propagates, the
                 # violation is still counted and audited.
                 for i in range(budget._violation_count):
-                    rule.violations[budget._violation_order[i]] += 1
+                    fp_add(&rule.violations[budget._violation_order[i]], 1)
                 self._audit(rule, rule_id, fn,
                             budget._violation(-1, END_RAISED, -1), "error")
             raise
@@ -1591,13 +1601,13 @@ cdef object _quota_pipeline(_EnforcerCore core, _RuleState rule, object rule_id,
     cdef int admitted = quota_admit(quota, key, budget._start_ns)
     if not admitted:
         rule._release_token(token)          # a half-open probe that will not run
-        rule.quota_refused += 1
+        fp_add(&rule.quota_refused, 1)
         core._quota_refused(rule, rule_id, fn, key, rule.constraints._fail_closed)
         return rule.fallback
     if admitted == 2:
         # A Redis round trip ran: none of it is charged to the rule's own budget.
         budget = rule.constraints.create_budget_c()
-    rule.executed += 1
+    fp_add(&rule.executed, 1)
     if quota.tracks_cpu:
         cpu0 = fp_thread_cpu_ns()
     if not quota.debits:
@@ -1738,8 +1748,7 @@ Put off interrupts while the block runs (sync ``with`` or ``async with``).
         cdef fp_slot *slot = fp_tls_slot
         if slot == NULL:
             slot = _new_slot()
-        slot.defer_depth += 1
-        if fp_fire_for_running(slot):
+        if fp_defer_enter(slot):
             # An interrupt sent under the GIL for the running call may not have
             # been raised yet: 3.13 raises it at the next eval-breaker check
             # after the one it was sent at, which can be inside this block.

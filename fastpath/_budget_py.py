@@ -20,10 +20,12 @@ against and the implementation used where no compiler is available
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import random
 import sys
+import sysconfig
 import threading
 import time
 import weakref
@@ -384,6 +386,10 @@ def _restore_stats(*values: Any) -> ExecutionStats:
 # ------------------------------------------------------------------ the watchdog
 
 
+_FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+_NO_LOCK = contextlib.nullcontext()
+
+
 class _Slot:
     """One thread's armed state (the twin of fp_slot)."""
 
@@ -398,6 +404,7 @@ class _Slot:
         "unordered",
         "defer",
         "fire_gen",
+        "fire_lock",
         "refire",
         "fire_kind",
         "fire_ns",
@@ -419,6 +426,11 @@ class _Slot:
         self.unordered = False      # calls returned out of order here (greenlets)
         self.defer = 0              # open uninterruptible() blocks
         self.fire_gen = 0
+        # The watchdog's check + injection and the owner's disarm + fire_gen read
+        # (and uninterruptible()'s entry) hold it on a free-threaded build, where
+        # no GIL keeps the owner from running in between; a no-op context under a
+        # GIL, where the disarm sites do not touch it (no call there: see enforce).
+        self.fire_lock = threading.Lock() if _FREE_THREADED else _NO_LOCK
         self.refire = False         # send fire_gen's interrupt again (see uninterruptible)
         self.fire_kind = 0
         self.fire_ns = 0
@@ -464,17 +476,21 @@ def _fire(slot: _Slot, gen: int, kind: int, due: int) -> None:
                                             sys._current_frames().get(slot.ident)):
         _deferrals += 1
         return
-    if not (slot.refire and slot.fire_gen == gen):
-        slot.fire_kind = kind
-        slot.fire_ns = due
-    slot.fire_gen = gen
-    slot.refire = False
-    # No call between the check and the injection: the owner cannot run (and
-    # disarm) in between, because the GIL is only handed over at a call or a
-    # backward jump.
-    if slot.armed_gen == gen or gen in slot.cpu_gens:
-        _set_async_exc(slot.ident, _INTERRUPT)
-        _fires += 1
+    with slot.fire_lock:
+        if slot.defer > 0:          # (entered uninterruptible() meanwhile: no GIL)
+            _deferrals += 1
+            return
+        if not (slot.refire and slot.fire_gen == gen):
+            slot.fire_kind = kind
+            slot.fire_ns = due
+        slot.fire_gen = gen
+        slot.refire = False
+        # No call between the check and the injection: the owner cannot run (and
+        # disarm) in between, because the GIL is only handed over at a call or a
+        # backward jump -- or, with no GIL, because it disarms under fire_lock.
+        if slot.armed_gen == gen or gen in slot.cpu_gens:
+            _set_async_exc(slot.ident, _INTERRUPT)
+            _fires += 1
 
 
 WATCHDOG_IDLE_TICKS = 200        # ~100 ms without anything armed ...
@@ -599,14 +615,23 @@ class uninterruptible:
 
     def __enter__(self) -> "uninterruptible":
         slot = _slot()
-        slot.defer += 1
-        if slot.fire_gen and (slot.fire_gen == slot.armed_gen or slot.fire_gen in slot.cpu_gens):
-            # An interrupt sent for the running call may not have been raised
-            # yet (3.13 raises it at the eval-breaker check after the one it
-            # was sent at, which can be inside this block): take it back, and
-            # let the watchdog send it again (it defers it while the block runs).
-            _set_async_exc(slot.ident, _CLEAR)
-            slot.refire = True
+        if not _FREE_THREADED:
+            slot.defer += 1
+            if slot.fire_gen and (slot.fire_gen == slot.armed_gen
+                                  or slot.fire_gen in slot.cpu_gens):
+                # An interrupt sent for the running call may not have been raised
+                # yet (3.13 raises it at the eval-breaker check after the one it
+                # was sent at, which can be inside this block): take it back, and
+                # let the watchdog send it again (it defers it while the block runs).
+                _set_async_exc(slot.ident, _CLEAR)
+                slot.refire = True
+            return self
+        with slot.fire_lock:        # no GIL: the watchdog checks defer under it
+            slot.defer += 1
+            if slot.fire_gen and (slot.fire_gen == slot.armed_gen
+                                  or slot.fire_gen in slot.cpu_gens):
+                _set_async_exc(slot.ident, _CLEAR)
+                slot.refire = True
         return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
@@ -904,19 +929,38 @@ class ExecutionBudget:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            if slot.depth == depth and gen > slot.reset_gen:
-                slot.armed_gen, slot.interrupt_at, slot.current = saved
-                slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
-                slot.depth = depth - 1
-            elif gen > slot.reset_gen:
-                # Calls returned out of order (greenlets): forget everything
-                # armed here and stop interrupting calls on this thread.
-                slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
-                slot.cpu_gens = ()
-                slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
-            fired = slot.fire_gen == gen
-            if fired:
-                _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
+            if _FREE_THREADED:
+                # No GIL: the watchdog checks and injects under fire_lock; the
+                # interrupt is cleared inside it, before a call could raise it.
+                with slot.fire_lock:
+                    if slot.depth == depth and gen > slot.reset_gen:
+                        slot.armed_gen, slot.interrupt_at, slot.current = saved
+                        slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
+                        slot.depth = depth - 1
+                    elif gen > slot.reset_gen:
+                        # Calls returned out of order (greenlets): forget everything
+                        # armed here and stop interrupting calls on this thread.
+                        slot.armed_gen, slot.interrupt_at = 0, NEVER
+                        slot.cpu, slot.current = (), None
+                        slot.cpu_gens = ()
+                        slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+                    fired = slot.fire_gen == gen
+                    if fired:
+                        _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
+            else:
+                if slot.depth == depth and gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.current = saved
+                    slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
+                    slot.depth = depth - 1
+                elif gen > slot.reset_gen:
+                    # Calls returned out of order (greenlets): forget everything
+                    # armed here and stop interrupting calls on this thread.
+                    slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+                    slot.cpu_gens = ()
+                    slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+                fired = slot.fire_gen == gen
+                if fired:
+                    _set_async_exc(slot.ident, _CLEAR)  # drop an interrupt still pending
             mask = self._finish(fn_start, outer)
             self._ending = Ending.RAISED
             if isinstance(exc, ExecutionInterrupted):
@@ -933,17 +977,33 @@ class ExecutionBudget:
                 if mask:        # over a limit
                     raise self._late(slot, mask, stop_it, interrupt_at, fired)  # noqa: B904
             raise
-        if slot.depth == depth and gen > slot.reset_gen:
-            slot.armed_gen, slot.interrupt_at, slot.current = saved
-            slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
-            slot.depth = depth - 1
-        elif gen > slot.reset_gen:
-            slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
-            slot.cpu_gens = ()
-            slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
-        fired = slot.fire_gen == gen
-        if fired:
-            _set_async_exc(slot.ident, _CLEAR)
+        if _FREE_THREADED:
+            # No GIL: the watchdog checks and injects under fire_lock; the
+            # interrupt is cleared inside it, before a call could raise it.
+            with slot.fire_lock:
+                if slot.depth == depth and gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.current = saved
+                    slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
+                    slot.depth = depth - 1
+                elif gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+                    slot.cpu_gens = ()
+                    slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+                fired = slot.fire_gen == gen
+                if fired:
+                    _set_async_exc(slot.ident, _CLEAR)
+        else:
+            if slot.depth == depth and gen > slot.reset_gen:
+                slot.armed_gen, slot.interrupt_at, slot.current = saved
+                slot.cpu, slot.cpu_gens = slot.cpu[:n_cpu], slot.cpu_gens[:n_cpu]
+                slot.depth = depth - 1
+            elif gen > slot.reset_gen:
+                slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+                slot.cpu_gens = ()
+                slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+            fired = slot.fire_gen == gen
+            if fired:
+                _set_async_exc(slot.ident, _CLEAR)
         mask = self._finish(fn_start, outer)
         if mask and (not step or (stop_it and mask != 1 << TIMEOUT)):
             raise self._late(slot, mask, stop_it, interrupt_at, fired)
@@ -1070,17 +1130,33 @@ class _SyncScope:
 
     def close(self, exc: Optional[BaseException]) -> None:
         slot, gen, budget = self.slot, self.gen, self.budget
-        if slot.depth == self.depth and gen > slot.reset_gen:
-            slot.armed_gen, slot.interrupt_at, slot.current = self.saved
-            slot.cpu, slot.cpu_gens = slot.cpu[:self.n_cpu], slot.cpu_gens[:self.n_cpu]
-            slot.depth = self.depth - 1
-        elif gen > slot.reset_gen:
-            slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
-            slot.cpu_gens = ()
-            slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
-        fired = slot.fire_gen == gen
-        if fired:
-            _set_async_exc(slot.ident, _CLEAR)
+        if _FREE_THREADED:
+            # No GIL: the watchdog checks and injects under fire_lock; the
+            # interrupt is cleared inside it, before a call could raise it.
+            with slot.fire_lock:
+                if slot.depth == self.depth and gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.current = self.saved
+                    slot.cpu, slot.cpu_gens = slot.cpu[:self.n_cpu], slot.cpu_gens[:self.n_cpu]
+                    slot.depth = self.depth - 1
+                elif gen > slot.reset_gen:
+                    slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+                    slot.cpu_gens = ()
+                    slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+                fired = slot.fire_gen == gen
+                if fired:
+                    _set_async_exc(slot.ident, _CLEAR)
+        else:
+            if slot.depth == self.depth and gen > slot.reset_gen:
+                slot.armed_gen, slot.interrupt_at, slot.current = self.saved
+                slot.cpu, slot.cpu_gens = slot.cpu[:self.n_cpu], slot.cpu_gens[:self.n_cpu]
+                slot.depth = self.depth - 1
+            elif gen > slot.reset_gen:
+                slot.armed_gen, slot.interrupt_at, slot.cpu, slot.current = 0, NEVER, (), None
+                slot.cpu_gens = ()
+                slot.depth, slot.reset_gen, slot.unordered = 0, slot.next_gen, True
+            fired = slot.fire_gen == gen
+            if fired:
+                _set_async_exc(slot.ident, _CLEAR)
         mask = budget._finish(self.fn_start, self.outer)
         budget._ending = Ending.RETURNED if exc is None else Ending.RAISED
         if isinstance(exc, ExecutionInterrupted) and fired:

@@ -101,9 +101,19 @@ static inline int fp_in_order(fp_slot *s, const fp_saved *sv, uint64_t gen)
  * a possibly still pending asynchronous exception (GIL path). */
 static inline int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen)
 {
-    int fired = (__atomic_load_n(&s->fire_gen, __ATOMIC_ACQUIRE) == gen);
+    int fired;
+#if FP_FREE_THREADED
+    fp_mutex_lock(&s->fire_lock);       /* (see fp_slot.fire_lock) */
+    fired = (__atomic_load_n(&s->fire_gen, __ATOMIC_ACQUIRE) == gen);
+    if (!fp_in_order(s, sv, gen)) {
+        fp_mutex_unlock(&s->fire_lock);
+        return fired;
+    }
+#else
+    fired = (__atomic_load_n(&s->fire_gen, __ATOMIC_ACQUIRE) == gen);
     if (!fp_in_order(s, sv, gen))
         return fired;
+#endif
     fp_seq_begin(s);
     s->armed_gen = sv->armed_gen;
     s->interrupt_at_ns = sv->interrupt_at_ns;
@@ -115,6 +125,7 @@ static inline int fp_disarm(fp_slot *s, const fp_saved *sv, uint64_t gen)
     fp_seq_end(s);
     s->depth--;
     s->current = sv->current;
+    fp_mutex_unlock(&s->fire_lock);
     return fired;
 }
 

@@ -75,9 +75,40 @@ static int fp_frame_is_critical(PyObject *frame)
 
 /* Is the thread `ident` inside a critical stdlib frame right now?  GIL held
  * by the caller (the watchdog), so the target is parked where it will
- * resume -- which is where an asynchronous exception would land. */
+ * resume -- which is where an asynchronous exception would land.
+ *
+ * Free-threaded builds (Py_GIL_DISABLED): the target keeps running while the
+ * watchdog looks, and reading another running thread's frames (as
+ * PyThreadState_GetFrame does) crashes: it segfaulted in 3.13t with the GIL
+ * off.  CPython 3.13 has no public way to pause one thread or the world for
+ * the look (_PyEval_StopTheWorld is not exported), so while the GIL is off
+ * only a running collection (fp_gc_ident) is known; the frame checks are not
+ * made.  With the GIL on (PYTHON_GIL=1) they are, as on a GIL build. */
+#ifdef Py_GIL_DISABLED
+/* Is the GIL on now (PYTHON_GIL=1, or turned on by a module)?  sys._is_gil_enabled();
+ * on an error, no (the safe answer: frames are then not read).  Delivery path only. */
+static int fp_gil_enabled(void)
+{
+    PyObject *fn = PySys_GetObject("_is_gil_enabled");     /* borrowed */
+    PyObject *r;
+    int on = 0;
+    if (fn != NULL && (r = PyObject_CallNoArgs(fn)) != NULL) {
+        on = PyObject_IsTrue(r) == 1;
+        Py_DECREF(r);
+    }
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return on;
+}
+#endif
+
 static int fp_thread_in_critical(unsigned long ident)
 {
+#ifdef Py_GIL_DISABLED
+    if (!fp_gil_enabled())
+        return __atomic_load_n(&fp_gc_ident, __ATOMIC_RELAXED) == ident;
+#endif
+    {
     PyThreadState *ts;
     PyFrameObject *frame;
     int hit, gc_was;
@@ -99,6 +130,7 @@ static int fp_thread_in_critical(unsigned long ident)
     if (gc_was)
         PyGC_Enable();
     return hit;
+    }
 }
 
 #endif /* FASTPATH_CRITICAL_H */

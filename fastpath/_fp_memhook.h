@@ -62,15 +62,16 @@
  * made with the GIL held -- the MEM and OBJ domains are only ever called with
  * it (GIL builds of 3.11-3.14), and so are enforce(), charge_memory() and a
  * budget's deallocation -- and is wrapped in FP_MEM_LOCK/FP_MEM_UNLOCK, which
- * are no-ops under the GIL.  A free-threaded build (Py_GIL_DISABLED) turns the
- * GIL back on when it loads this module (which does not declare Py_mod_gil);
- * to run without it, make these two a mutex: nothing between them calls back
- * into Python or into a hooked allocator.
+ * are no-ops under the GIL.  On a free-threaded build (Py_GIL_DISABLED) those
+ * hooks run on several threads at once (a free by another thread subtracts from
+ * the owner's figures), and the two are a mutex (fp_mutex, _fp_atomic.h):
+ * nothing between them calls back into Python or into a hooked allocator.
  */
 #ifndef FASTPATH_MEMHOOK_H
 #define FASTPATH_MEMHOOK_H
 
 #include "_fp_common.h"
+#include "_fp_atomic.h"
 #include "_fp_internal.h"
 #include <pythread.h>
 #include <stdint.h>
@@ -83,8 +84,9 @@
  * through the interpreter's internal headers when they are installed. */
 #define FP_MEM_HEAD_PROBE FP_HAVE_INTERNAL
 
-#define FP_MEM_LOCK() ((void)0)         /* see "Locking" above */
-#define FP_MEM_UNLOCK() ((void)0)
+static fp_mutex fp_mem_lock = FP_MUTEX_INIT;
+#define FP_MEM_LOCK() fp_mutex_lock(&fp_mem_lock)   /* see "Locking" above */
+#define FP_MEM_UNLOCK() fp_mutex_unlock(&fp_mem_lock)
 
 #define FP_MEM_TABLE_MIN 512u           /* slots (8 KiB); kept once allocated */
 #define FP_MEM_TABLE_MAX (1u << 22)     /* slots (64 MiB): 3,145,728 blocks at 3/4 load */

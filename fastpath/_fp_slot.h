@@ -6,6 +6,7 @@
 #define FASTPATH_SLOT_H
 
 #include "_fp_common.h"
+#include "_fp_atomic.h"
 #include "_fp_clock.h"
 #include "_fp_memhook.h"
 
@@ -70,6 +71,13 @@ typedef struct fp_slot {
     uint64_t wd_seen_seq;
     int64_t wd_refire_at_ns;  /* do not (re)send before this */
     int wd_gil_fallback;      /* a signal did not land: use the GIL path for fire_gen */
+    /* -- the GIL path's hand-over: the owner's disarm and the watchdog's check
+     * of armed_gen + fire_gen store + PyThreadState_SetAsyncExc hold it, so an
+     * interrupt is either seen by the disarm (and cleared) or not sent.  Under
+     * a GIL the GIL does this and the field does not exist (_fp_atomic.h). */
+#if FP_FREE_THREADED
+    fp_mutex fire_lock;
+#endif
     /* -- memory accounting, owner only (see _fp_memhook.h) -- */
     fp_mem mem;
     struct fp_slot *next;
@@ -240,6 +248,20 @@ static inline int fp_fire_for_running(const fp_slot *s)
 {
     uint64_t g = __atomic_load_n(&s->fire_gen, __ATOMIC_ACQUIRE);
     return g != 0 && (g == s->armed_gen || fp_cpu_watch_of(s, g) >= 0);
+}
+
+/* uninterruptible() begins on the owner's thread: count the block and say whether
+ * an interrupt for the running call was sent (the caller takes it back).  Under
+ * fire_lock, so that with no GIL the watchdog's check of defer_depth and its
+ * injection cannot straddle the increment (see fp_slot.fire_lock). */
+static inline int fp_defer_enter(fp_slot *s)
+{
+    int fired;
+    fp_mutex_lock(&s->fire_lock);
+    s->defer_depth++;
+    fired = fp_fire_for_running(s);
+    fp_mutex_unlock(&s->fire_lock);
+    return fired;
 }
 
 static inline fp_slot *fp_slot_peek(void) { return fp_tls_slot; }

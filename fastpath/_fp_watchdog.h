@@ -112,9 +112,15 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
         /* The checks above call into the interpreter (a frame object, a
          * garbage collection, signal.getsignal), which can let the owner run
          * and finish its call: validate again, with nothing in between and
-         * the injection. */
-        if (!fp_fire_valid(s, g))
+         * the injection (and, with no GIL, the owner's disarm held off). */
+        fp_mutex_lock(&s->fire_lock);
+        if (!fp_fire_valid(s, g) || s->defer_depth > 0) {
+            /* (an uninterruptible() block began meanwhile: next tick) */
+            fp_mutex_unlock(&s->fire_lock);
+            if (s->defer_depth > 0)
+                s->wd_refire_at_ns = fp_now_ns() + FP_WD_TICK_NS;
             continue;
+        }
         s->fire_kind = fires[i].kind;
         s->fire_ns = fires[i].due_ns;
         if (!(s->is_main && fp_sig_route == FP_ROUTE_OURS)) {
@@ -123,6 +129,7 @@ static void fp_wd_deliver_gil(fp_fire *fires, int n)
         }   /* else the signal handler may still raise it first (e.g. in a sleep) */
         __atomic_store_n(&s->fire_gen, g, __ATOMIC_RELEASE);
         PyThreadState_SetAsyncExc(s->py_ident, fp_interrupt_type);
+        fp_mutex_unlock(&s->fire_lock);
         fp_wd_fires++;
     }
     fp_wd_tstate = PyEval_SaveThread();
@@ -468,9 +475,24 @@ static void fp_wd_wake(void)
 
 static void fp_atfork_child(void);
 
-/* Start the watchdog (idempotent).  Called with the GIL held.  Returns 0, or
- * -1 with errno set. */
+/* Start the watchdog (idempotent).  Returns 0, or -1 with errno set.  Several
+ * threads may call it at once on a free-threaded build (no GIL serialises
+ * them): fp_wd_start_lock makes one of them start the thread and the others
+ * see it running.  Off the per-call path (callers test fp_wd_running first). */
+static pthread_mutex_t fp_wd_start_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fp_wd_start_locked(void);
+
 static int fp_wd_start(void)
+{
+    int rc;
+    pthread_mutex_lock(&fp_wd_start_lock);
+    rc = fp_wd_start_locked();
+    pthread_mutex_unlock(&fp_wd_start_lock);
+    return rc;
+}
+
+static int fp_wd_start_locked(void)
 {
     pthread_attr_t attr;
     sigset_t all, old;
@@ -537,6 +559,8 @@ static void fp_atfork_child(void)
     fp_slot *s;
     pthread_mutex_init(&fp_registry_lock, NULL);
     pthread_mutex_init(&fp_wd_lock, NULL);
+    pthread_mutex_init(&fp_wd_start_lock, NULL);
+    fp_mutex_reinit(&fp_mem_lock);
     pthread_mutex_init(&fp_switch_lock, NULL);
     if (fp_wd_cond_ready)
         pthread_cond_init(&fp_wd_cond, NULL);
@@ -553,6 +577,7 @@ static void fp_atfork_child(void)
 #endif
     fp_main_ident = PyThread_get_thread_ident();   /* the forking thread is the child's main */
     for (s = fp_registry; s; s = s->next) {
+        fp_mutex_reinit(&s->fire_lock);
         if (s != fp_tls_slot) {
             s->in_use = 0;
             s->has_cpu_clock = 0;

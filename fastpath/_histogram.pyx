@@ -14,6 +14,17 @@ from libc.string cimport memcpy, memset
 from fastpath import _histogram_shared as _shared
 from fastpath.errors import InvalidConfiguration
 
+cdef extern from "_fp_atomic.h":
+    # A critical section on the histogram: nothing on GIL builds.
+    ctypedef struct fp_cs:
+        pass
+    ctypedef struct fp_cs2:
+        pass
+    void fp_cs_begin(fp_cs *cs, object obj) noexcept
+    void fp_cs_end(fp_cs *cs) noexcept
+    void fp_cs2_begin(fp_cs2 *cs, object a, object b) noexcept
+    void fp_cs2_end(fp_cs2 *cs) noexcept
+
 cdef extern from *:
     """
     /* Bucket layout: see fastpath/_histogram_shared.py (checked at import). */
@@ -71,8 +82,9 @@ A log-linear histogram of durations in nanoseconds.
     in clamped_high.  min, max and the sum (128-bit, exact) are kept exactly;
     the mean is that sum divided by the count.
 
-    Thread-safe: each record is one C call under the GIL, so counts stay exact
-    with several threads recording.  Picklable; no __eq__.
+    Thread-safe: each record is one C call under the GIL (or, on a
+    free-threaded build, inside a critical section on the histogram), so
+    counts stay exact with several threads recording.  Picklable; no __eq__.
     """
 
     def __cinit__(self):
@@ -92,6 +104,8 @@ A log-linear histogram of durations in nanoseconds.
     # -- hot path --------------------------------------------------------------
     cdef void record_c(self, int64_t ns) noexcept:
         cdef uint64_t lo
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
         if ns < 0:
             ns = 0
             self._clamped_low += 1
@@ -107,6 +121,7 @@ A log-linear histogram of durations in nanoseconds.
             self._min_ns = ns
         if ns > self._max_ns:
             self._max_ns = ns
+        fp_cs_end(&cs)
 
     def record(self, ns):
         """Record one duration in ns (an int or an object with __index__).
@@ -129,8 +144,10 @@ A log-linear histogram of durations in nanoseconds.
     cdef int merge_c(self, LatencyHistogram other) except -1:
         cdef int i
         cdef uint64_t lo
+        cdef fp_cs2 cs
         if other is None:
             raise InvalidConfiguration("merge() needs a LatencyHistogram, got None")
+        fp_cs2_begin(&cs, self, other)
         for i in range(FP_HIST_NBUCKETS):
             self._counts[i] += other._counts[i]
         self._count += other._count
@@ -141,6 +158,7 @@ A log-linear histogram of durations in nanoseconds.
         self._max_ns = max(self._max_ns, other._max_ns)
         self._clamped_low += other._clamped_low
         self._clamped_high += other._clamped_high
+        fp_cs2_end(&cs)
         return 0
 
     def merge(self, other):
@@ -153,11 +171,14 @@ A log-linear histogram of durations in nanoseconds.
         self.merge_c(<LatencyHistogram>other)
 
     cdef void reset_c(self) noexcept:
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
         memset(self._counts, 0, FP_HIST_NBUCKETS * sizeof(uint64_t))
         self._count = self._sum_lo = self._sum_hi = 0
         self._clamped_low = self._clamped_high = 0
         self._min_ns = FP_HIST_MAX_NS + 1
         self._max_ns = -1
+        fp_cs_end(&cs)
 
     def reset(self):
         """Forget everything recorded (the histogram is empty again)."""
@@ -170,18 +191,26 @@ A log-linear histogram of durations in nanoseconds.
         return self._count
 
     cdef object _sum(self):
-        cdef object high = self._sum_hi
-        return (high << 64) | self._sum_lo
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        cdef uint64_t sum_lo = self._sum_lo, sum_hi = self._sum_hi
+        fp_cs_end(&cs)
+        cdef object high = sum_hi
+        return (high << 64) | sum_lo
 
     cdef tuple _snapshot(self):
         cdef Py_ssize_t nbytes = FP_HIST_NBUCKETS * sizeof(uint64_t)
         cdef bytearray buf = PyByteArray_FromStringAndSize(NULL, nbytes)
         # Copy everything with no Python code in between (no allocation, so no
-        # GC, finaliser or thread switch either): a consistent snapshot.
+        # GC, finaliser or thread switch either), inside the histogram's critical
+        # section on a free-threaded build: a consistent snapshot.
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
         memcpy(PyByteArray_AS_STRING(buf), self._counts, nbytes)
         cdef uint64_t count = self._count, sum_lo = self._sum_lo, sum_hi = self._sum_hi
         cdef uint64_t low = self._clamped_low, high = self._clamped_high
         cdef int64_t min_ns = self._min_ns, max_ns = self._max_ns
+        fp_cs_end(&cs)
         cdef object sum_ns = sum_hi
         sum_ns = (sum_ns << 64) | sum_lo
         return (buf, count, sum_ns, min_ns, max_ns, low, high)

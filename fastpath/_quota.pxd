@@ -4,10 +4,19 @@
 # Quota`` and calls ``admit_c`` / ``debit_c`` through the vtable: with a
 # LocalQuotaStore that is C all the way (a dict lookup and a few doubles),
 # no Python call.  Call them with the GIL held: the GIL is what keeps the
-# buckets exact under threads.  Field layout is part of this API.
+# buckets exact under threads (on a free-threaded build, a critical section
+# on the store or lease table: _fp_atomic.h).  Field layout is part of this API.
 
 cimport cython
 from libc.stdint cimport int64_t, uint64_t
+
+
+cdef extern from "_fp_atomic.h":
+    # A critical section on an object: nothing on GIL builds.
+    ctypedef struct fp_cs:
+        pass
+    void fp_cs_begin(fp_cs *cs, object obj) noexcept
+    void fp_cs_end(fp_cs *cs) noexcept
 
 
 @cython.final
@@ -110,8 +119,15 @@ cdef inline int quota_admit(Quota q, object key, int64_t now_ns) except -1:
     # call again) done here: no call, no hashing, no dict lookup.
     cdef LocalQuotaStore store = q._local
     cdef _Bucket bucket
-    if store is not None and key is store._last_key and store._last_bucket is not None:
-        bucket = store._last_bucket
-        quota_refill(q, bucket, now_ns)
-        return quota_take(q, bucket)
+    cdef fp_cs cs
+    cdef int taken
+    if store is not None:
+        fp_cs_begin(&cs, store)
+        if key is store._last_key and store._last_bucket is not None:
+            bucket = store._last_bucket
+            quota_refill(q, bucket, now_ns)
+            taken = quota_take(q, bucket)
+            fp_cs_end(&cs)
+            return taken
+        fp_cs_end(&cs)
     return q.admit_c(key, now_ns)

@@ -7,7 +7,10 @@
 # wall time are debited when it ends (a bucket may go below zero: the debt
 # refuses the next calls until the refill pays it back).  A refused call takes
 # nothing.  Everything runs with the GIL held and never calls Python code
-# between reading and writing a bucket, so the buckets are exact under threads.
+# between reading and writing a bucket, so the buckets are exact under threads;
+# on a free-threaded build the store's and the lease table's methods run inside
+# a critical section on the store / table (fp_cs_*, _fp_atomic.h), which a key's
+# __eq__ / __hash__ run during a lookup cannot deadlock.
 cimport cython
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -74,15 +77,26 @@ cdef class LocalQuotaStore:
         return bucket
 
     cdef int admit_c(self, object key, int64_t now_ns) except -1:
-        return quota_take(self._quota, self._bucket(key, now_ns))
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            return quota_take(self._quota, self._bucket(key, now_ns))
+        finally:
+            fp_cs_end(&cs)
 
     cdef int debit_c(self, object key, double cpu_ms, double wall_ms, int64_t now_ns) except -1:
-        cdef _Bucket b = self._bucket(key, now_ns)
+        cdef _Bucket b
         cdef int mask = self._quota._mask
-        if mask & 2:
-            b.level[1] -= cpu_ms
-        if mask & 4:
-            b.level[2] -= wall_ms
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            b = self._bucket(key, now_ns)
+            if mask & 2:
+                b.level[1] -= cpu_ms
+            if mask & 4:
+                b.level[2] -= wall_ms
+        finally:
+            fp_cs_end(&cs)
         return 0
 
     def _prune(self, int64_t now_ns):
@@ -125,8 +139,16 @@ cdef class LocalQuotaStore:
     def remaining(self, key):
         """What is left for ``key`` now: {resource: amount} for the limited ones."""
         self._check_bound()
-        cdef _Bucket b = self._bucket(_quota_config.check_key(key), _mono_ns())
-        return {name: b.level[i] for i, name in enumerate(_RESOURCES)
+        key = _quota_config.check_key(key)
+        cdef fp_cs cs
+        cdef double level[3]
+        fp_cs_begin(&cs, self)
+        try:
+            b = self._bucket(key, _mono_ns())
+            level = b.level
+        finally:
+            fp_cs_end(&cs)
+        return {name: level[i] for i, name in enumerate(_RESOURCES)
                 if self._quota._mask & (1 << i)}
 
     def usage(self, key):
@@ -134,17 +156,34 @@ cdef class LocalQuotaStore:
         than the capacity while in debt), and how many calls it had admitted and
         refused since its bucket was last full."""
         self._check_bound()
-        cdef _Bucket b = self._bucket(_quota_config.check_key(key), _mono_ns())
-        out = {name: self._quota._cap[i] - b.level[i] for i, name in enumerate(_RESOURCES)
+        key = _quota_config.check_key(key)
+        cdef fp_cs cs
+        cdef double level[3]
+        cdef uint64_t admitted, refused
+        fp_cs_begin(&cs, self)
+        try:
+            b = self._bucket(key, _mono_ns())
+            level = b.level
+            admitted = b.admitted
+            refused = b.refused
+        finally:
+            fp_cs_end(&cs)
+        out = {name: self._quota._cap[i] - level[i] for i, name in enumerate(_RESOURCES)
                if self._quota._mask & (1 << i)}
-        out["admitted"] = b.admitted
-        out["refused"] = b.refused
+        out["admitted"] = admitted
+        out["refused"] = refused
         return out
 
     def reset(self, key):
         """Forget ``key``: its buckets are full again."""
-        self._last_key = self._last_bucket = None
-        self._buckets.pop(_quota_config.check_key(key), None)
+        key = _quota_config.check_key(key)
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            self._last_key = self._last_bucket = None
+            self._buckets.pop(key, None)
+        finally:
+            fp_cs_end(&cs)
 
     def keys(self):
         """The flow keys with a bucket (full buckets may have been dropped)."""
@@ -177,27 +216,34 @@ cdef class _LeaseTable:
         cdef object found = self._leases.get(key)
         cdef _Lease lease
         cdef int mask = self._mask
+        cdef int spent = 0
+        cdef fp_cs cs
         if found is None:
             return 0
         lease = <_Lease>found
-        if (now_ns >= lease.expires_ns or (mask & 1 and lease.left[0] < 1.0)
+        fp_cs_begin(&cs, self)
+        if not (now_ns >= lease.expires_ns or (mask & 1 and lease.left[0] < 1.0)
                 or (mask & 2 and lease.left[1] <= 0.0) or (mask & 4 and lease.left[2] <= 0.0)):
-            return 0
-        if mask & 1:
-            lease.left[0] -= 1.0
-            lease.spent[0] += 1.0
-        return 1
+            if mask & 1:
+                lease.left[0] -= 1.0
+                lease.spent[0] += 1.0
+            spent = 1
+        fp_cs_end(&cs)
+        return spent
 
     cdef int debit_c(self, object key, double cpu_ms, double wall_ms) except -1:
         cdef object found = self._leases.get(key)
         cdef _Lease lease
+        cdef fp_cs cs
         if found is None:
             found = self._leases.setdefault(key, _new_lease())
         lease = <_Lease>found
+        fp_cs_begin(&cs, self)
         lease.left[1] -= cpu_ms
         lease.spent[1] += cpu_ms
         lease.left[2] -= wall_ms
         lease.spent[2] += wall_ms
+        fp_cs_end(&cs)
         return 0
 
     def spend(self, key, int64_t now_ns):
@@ -211,24 +257,37 @@ cdef class _LeaseTable:
         """Empty the key's lease for a refill: (what was left, per second spent since
         it was granted), each a 3-tuple; the lease is then expired."""
         cdef _Lease lease = <_Lease>self._leases.setdefault(key, _new_lease())
-        cdef double elapsed_s = (now_ns - lease.granted_ns) / 1e9 if lease.granted_ns else 0.0
+        cdef double elapsed_s
+        cdef double left[3]
+        cdef double spent[3]
         cdef int i
-        left = (lease.left[0], lease.left[1], lease.left[2])
-        rates = tuple([lease.spent[i] / elapsed_s if elapsed_s > 0 else 0.0 for i in range(3)])
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        elapsed_s = (now_ns - lease.granted_ns) / 1e9 if lease.granted_ns else 0.0
         for i in range(3):
+            left[i] = lease.left[i]
+            spent[i] = lease.spent[i]
             lease.left[i] -= left[i]
             lease.spent[i] = 0.0
         lease.expires_ns = 0
-        return left, rates
+        fp_cs_end(&cs)
+        rates = tuple([spent[i] / elapsed_s if elapsed_s > 0 else 0.0 for i in range(3)])
+        return (left[0], left[1], left[2]), rates
 
     def give(self, key, grants, int64_t now_ns, int64_t expires_ns):
         """Add granted capacity (a 3-tuple) to the key's lease, live until expires_ns."""
         cdef _Lease lease = <_Lease>self._leases.setdefault(key, _new_lease())
+        cdef double add[3]
         cdef int i
+        cdef fp_cs cs
         for i in range(3):
-            lease.left[i] += grants[i]
+            add[i] = grants[i]
+        fp_cs_begin(&cs, self)
+        for i in range(3):
+            lease.left[i] += add[i]
         lease.granted_ns = now_ns
         lease.expires_ns = expires_ns
+        fp_cs_end(&cs)
 
     def left(self, key):
         """What is left of the key's lease (a 3-tuple of zeros without one)."""

@@ -90,7 +90,18 @@ cdef class _Breaker:
             self.last_epoch = -1
 
     # -- admission (before the budget exists) ------------------------------------
+    # admit_c, record_c and the methods below change the state machine inside a
+    # critical section on the breaker (_fp_atomic.h: nothing on GIL builds); the
+    # *_locked bodies run inside it.
     cdef int64_t admit_c(self) except -1:
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            return self._admit_locked()
+        finally:
+            fp_cs_end(&cs)
+
+    cdef int64_t _admit_locked(self) except -1:
         cdef int state = self.state
         cdef int64_t now
         if state == _CLOSED or state == _DISABLED:
@@ -105,9 +116,9 @@ cdef class _Breaker:
                 self.refused += 1
                 return 0
             self._move(_HALF_OPEN, now, "open_elapsed")
-            return self.admit_c()   # _move ran Python code (the audit event)
+            return self._admit_locked()     # _move ran Python code (the audit event)
         if state != _HALF_OPEN:
-            return self.admit_c()
+            return self._admit_locked()
         if self.max_half_open_ns >= 0 and now - self.half_open_since_ns >= self.max_half_open_ns:
             self._move(_OPEN, now, "half_open_timeout")
             self.refused += 1
@@ -122,6 +133,14 @@ cdef class _Breaker:
     cdef int record_c(self, int64_t token, ExecutionBudget budget, int error,
                       int64_t deadline_ns) except -1:
         cdef int outcome = _outcome_of(self, budget, error, deadline_ns)
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            return self._record_locked(token, outcome, error)
+        finally:
+            fp_cs_end(&cs)
+
+    cdef int _record_locked(self, int64_t token, int outcome, int error) except -1:
         if token >= 2:
             return self._probe_ended(<uint64_t>(token - 2), -1 if error < 0 else outcome)
         if error < 0:
@@ -131,10 +150,15 @@ cdef class _Breaker:
     def _record(self, int64_t token, int outcome):
         """Record an outcome (FP_OUTCOME_* bits; -1 none) as record_c does (tests,
         and the async pipeline)."""
-        if token >= 2:
-            return self._probe_ended(<uint64_t>(token - 2), outcome)
-        if outcome >= 0:
-            self._closed_outcome(outcome)
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            if token >= 2:
+                return self._probe_ended(<uint64_t>(token - 2), outcome)
+            if outcome >= 0:
+                self._closed_outcome(outcome)
+        finally:
+            fp_cs_end(&cs)
 
     cdef int _closed_outcome(self, int outcome) except -1:
         cdef int64_t epoch, i, b, now = 0
@@ -227,14 +251,31 @@ cdef class _Breaker:
 
     def _set_state(self, int new_state, str reason):
         """Manual control: force_open(), disable(), reset()."""
-        self._move(new_state, self.now_c(), reason)
+        cdef fp_cs cs
+        cdef int64_t now = self.now_c()
+        fp_cs_begin(&cs, self)
+        try:
+            self._move(new_state, now, reason)
+        finally:
+            fp_cs_end(&cs)
 
     def _clear_window(self):
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
         self._clear()
+        fp_cs_end(&cs)
 
     def _snapshot(self):
         """(state, calls, failures, slow, refused, transitions, recorded,
         probes_inflight, open_until_ns, open_now_ns)."""
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            return self._snapshot_locked()
+        finally:
+            fp_cs_end(&cs)
+
+    cdef tuple _snapshot_locked(self):
         return (self.state, self.n, self.failures, self.slow, self.refused, self.transitions,
                 self.recorded, self.probes_inflight, self.open_until_ns, self.open_now_ns)
 
@@ -290,9 +331,16 @@ cdef inline int64_t _breaker_admit(_Breaker b) except -1:
 
 cdef inline int _breaker_record(_Breaker b, int64_t token, ExecutionBudget budget, int error,
                                 int64_t deadline_ns) except -1:
+    cdef fp_cs cs
     if token == 1 and error >= 0 and b.state == _CLOSED and b.ring != NULL:
-        _ring_push(b, _outcome_of(b, budget, error, deadline_ns))
-        return _check_trip(b, 0)
+        fp_cs_begin(&cs, b)
+        try:
+            if b.state == _CLOSED:      # (another thread may have tripped it)
+                _ring_push(b, _outcome_of(b, budget, error, deadline_ns))
+                _check_trip(b, 0)
+        finally:
+            fp_cs_end(&cs)
+        return 0
     return b.record_c(token, budget, error, deadline_ns)
 
 
@@ -359,6 +407,16 @@ cdef class _Adaptive:
         self.window_start_ns = _clock_ns(clock)
 
     cdef int record_c(self, int64_t elapsed_ns, bint timed_out, int64_t stop_ns) except -1:
+        # Inside a critical section on self (_fp_atomic.h): _finish_window swaps
+        # current and previous in another thread.
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            return self._record_locked(elapsed_ns, timed_out, stop_ns)
+        finally:
+            fp_cs_end(&cs)
+
+    cdef int _record_locked(self, int64_t elapsed_ns, bint timed_out, int64_t stop_ns) except -1:
         self.current.record_c(elapsed_ns)
         self.n += 1
         self.timeouts += timed_out
@@ -375,6 +433,14 @@ cdef class _Adaptive:
     def _finish_window(self):
         """Rotate the pair of histograms and compute the next limit: None when it
         is unchanged, else (old_ms, new_ms, pN_ns or None, calls, timeouts)."""
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            return self._finish_window_locked()
+        finally:
+            fp_cs_end(&cs)
+
+    cdef object _finish_window_locked(self):
         cdef int64_t n = self.n, timeouts = self.timeouts, p_ns = -1, new_ms, old_ms
         cdef LatencyHistogram done = self.current
         if n == 0:
@@ -403,7 +469,12 @@ cdef class _Adaptive:
 
     def _snapshot(self):
         """(limit_ms, windows, changes, calls in this window, previous window's histogram)."""
-        return (self.limit_ms, self.windows, self.changes, self.n, self.previous)
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        try:
+            return (self.limit_ms, self.windows, self.changes, self.n, self.previous)
+        finally:
+            fp_cs_end(&cs)
 
 
 # ------------------------------------------------------------------ a registered rule
@@ -433,7 +504,7 @@ cdef int _rule_feed(_EnforcerCore core, _RuleState rule, ExecutionBudget budget,
 
 cdef object _rule_refused(_RuleState rule, object rule_id, ExecutionConstraints c):
     """A call the breaker refused: ResourceExhausted (fail closed) or the fallback."""
-    rule.refused += 1
+    fp_add(&rule.refused, 1)
     if c._fail_closed:
         raise ResourceExhausted(
             f"rule {rule_id!r} refused without running fn: its circuit breaker is "

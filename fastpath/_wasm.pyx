@@ -18,6 +18,13 @@ from libc.stdlib cimport calloc, free
 from fastpath.errors import ConstraintViolationType, InvalidConfiguration
 
 
+cdef extern from "_fp_atomic.h":
+    # A critical section on the hook (its instance pool): nothing on GIL builds.
+    ctypedef struct fp_cs:
+        pass
+    void fp_cs_begin(fp_cs *cs, object obj) noexcept
+    void fp_cs_end(fp_cs *cs) noexcept
+
 cdef extern from "_fp_wasm.h" nogil:
     ctypedef struct fpw_engine:
         pass
@@ -648,9 +655,8 @@ cdef class HookCore:
             else:
                 fuel, cpu_ns, mem_limit, grace_ns = self._fuel_for(budget.constraints)
             deadline_ns = _deadline_after(fpw_now_ns(), remaining_ms * 1e6 + <double>grace_ns)
-        if self._nidle:
-            self._nidle -= 1
-            inst = self._idle[self._nidle]
+        inst = self._pool_take()
+        if inst != NULL:
             inst.mem_limit = mem_limit
         else:
             inst = self._instantiate(deadline_ns, mem_limit, budget)
@@ -663,10 +669,7 @@ cdef class HookCore:
         fpw_gil_back(inst)
         charge = inst.mem_bytes if inst.mem_bytes > inst.mem_refused else inst.mem_refused
         if err == NULL and trap == NULL and inst.host_exc == NULL:
-            if self._nidle < self._pool_max:
-                self._idle[self._nidle] = inst
-                self._nidle += 1
-            else:
+            if not self._pool_put(inst):
                 _destroy(inst)
             if charge:
                 self._charge(budget, charge)
@@ -695,14 +698,43 @@ cdef class HookCore:
                 self._charge(budget, charge)
         budget._raise_limit(_TIMEOUT if why == 1 else (_CPU if why == 2 else _MEMORY))
 
+    # The instance pool: one instance (its store) serves one call at a time.
+    # Under a GIL these run with no Python code in between; with no GIL, in a
+    # critical section on the hook (_fp_atomic.h).
+    cdef fpw_inst *_pool_take(self) noexcept:
+        cdef fpw_inst *inst = NULL
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        if self._nidle:
+            self._nidle -= 1
+            inst = self._idle[self._nidle]
+        fp_cs_end(&cs)
+        return inst
+
+    cdef bint _pool_put(self, fpw_inst *inst) noexcept:
+        cdef bint kept = False
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
+        if self._nidle < self._pool_max:
+            self._idle[self._nidle] = inst
+            self._nidle += 1
+            kept = True
+        fp_cs_end(&cs)
+        return kept
+
     cdef int _charge(self, object budget, int64_t nbytes) except -1:
         # The guest's linear memory onto the budget; a hook's guests mostly
         # have the same size call after call: one int object for it, not one
         # allocated (and counted by a memory-limited budget) per call.
+        cdef object charged
+        cdef fp_cs cs
+        fp_cs_begin(&cs, self)
         if nbytes != self._charged_bytes or self._charged is None:
             self._charged = nbytes
             self._charged_bytes = nbytes
-        budget.charge_memory(self._charged)
+        charged = self._charged
+        fp_cs_end(&cs)
+        budget.charge_memory(charged)
         return 0
 
     def _warm(self, int64_t max_ns):
@@ -710,8 +742,8 @@ cdef class HookCore:
         cdef fpw_inst *inst
         if self._nidle < self._pool_max:
             inst = self._instantiate(fpw_now_ns() + max_ns, self._mem_limit, None)
-            self._idle[self._nidle] = inst
-            self._nidle += 1
+            if not self._pool_put(inst):
+                _destroy(inst)
 
     def _fresh_instance(self):
         """Instantiate one instance and drop it, outside any budget (what a call

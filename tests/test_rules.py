@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import sysconfig
 import time
 
 import pytest
@@ -157,3 +161,75 @@ def test_a_rule_needs_fn(fp):
     rule = e.rule("n", fp.RuleType.FAST)
     with pytest.raises(TypeError):
         rule()
+
+
+# A child with the GIL off: two threads run the same registered rule (breaker,
+# adaptive limit, local quota, histogram) at once, while a third runs away
+# under a deadline and must be the one interrupted.
+_PARALLEL_RULES = r"""
+import sys, threading, time
+import fastpath
+from fastpath import (AdaptiveLimit, CircuitBreaker, ConstraintEnforcer, ConstraintViolation,
+                      ExecutionConstraints, Quota, RuleType)
+assert fastpath.IMPLEMENTATION == sys.argv[1], fastpath.IMPLEMENTATION
+assert not sys._is_gil_enabled(), "the GIL is on"
+N = int(sys.argv[2])
+e = ConstraintEnforcer()
+rule = e.rule("par", RuleType.FAST, constraints=ExecutionConstraints(10_000),
+              breaker=CircuitBreaker(minimum_calls=10**6, window_calls=10**6),
+              adaptive=AdaptiveLimit(window_calls=97, min_ms=10_000),
+              quota=Quota(calls=10**9, per_s=3600.0))
+runaway = e.rule("runaway", RuleType.FAST, constraints=ExecutionConstraints(50))
+barrier = threading.Barrier(3)
+interrupted = []
+
+def work():
+    barrier.wait()
+    for i in range(N):
+        rule(abs, i)
+
+def spin():
+    barrier.wait()
+    def forever():
+        while True:
+            pass
+    try:
+        runaway(forever)
+    except ConstraintViolation:
+        interrupted.append(threading.get_ident())
+
+threads = [threading.Thread(target=f) for f in (work, work, spin)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+m = rule.metrics()
+b = m["breaker"]
+usage = rule.quota.store.usage(None)
+print(m["calls"], m["executed"], m["latency"]["count"], b["window_calls"], b["recorded"],
+      usage["admitted"], m["adaptive"]["windows"], interrupted == [threads[2].ident],
+      e.rule_metrics()["runaway"]["fail_closed"])
+"""
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"),
+                    reason="a free-threaded build only")
+def test_two_threads_run_rules_at_once_with_the_gil_off(fp):
+    """With the GIL off, two threads in one rule's pipeline at once keep every
+    count exact (the rule's, its histogram's, its breaker window's, its quota
+    bucket's, its adaptive windows), and the watchdog's interrupt of a runaway
+    third thread lands on that thread only."""
+    n = 20_000 if fp.kind == "compiled" else 4_000
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTPATH_NO_EXTENSIONS",)}
+    env["PYTHON_GIL"] = "0"
+    if fp.kind == "python":
+        env["FASTPATH_NO_EXTENSIONS"] = "1"
+    out = subprocess.run([sys.executable, "-c", _PARALLEL_RULES, fp.kind, str(n)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    calls, executed, latency, window, recorded, admitted, windows, right, closed = (
+        out.stdout.split())
+    assert int(calls) == int(executed) == int(latency) == int(window) == int(recorded) == 2 * n
+    assert int(admitted) == 2 * n
+    assert int(windows) == 2 * n // 97
+    assert right == "True" and closed == "1"
