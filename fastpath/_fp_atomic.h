@@ -6,9 +6,10 @@
  * windows, quota buckets).
  *
  * GIL builds (3.11 - 3.14): every macro here is the plain operation -- the GIL
- * already serialises the threads -- so the per-call path gets no instruction
- * more (checked with callgrind on 3.11, see bench/ft_counters.c's notes in the
- * report of issue 17).
+ * already serialises the threads.  (callgrind on 3.11 still counted 7-10
+ * instructions more per execute_with_constraints call after the change: gcc's
+ * inlining and register choices around the edited breaker/adaptive code, not
+ * these macros.)
  *
  * Free-threaded builds (Py_GIL_DISABLED):
  *   fp_add(p, n)       a relaxed atomic add (lock xadd on x86-64): a counter that
