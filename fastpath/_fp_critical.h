@@ -23,13 +23,14 @@ static unsigned long fp_gc_ident = 0;
  * The interpreter's own flag covers the whole collection, its gc.callbacks
  * included: the core's callback, which sets fp_gc_ident, may run after an
  * application's (a Python callback at the front of gc.callbacks, or one run
- * after it at "stop").  With the GIL, the collecting thread holds it except
- * where a finalizer let it go: a collection anywhere puts the interrupt off
- * (sent again next tick).  Without the internal headers: fp_gc_ident alone. */
+ * after it at "stop").  A collection anywhere puts the interrupt off (sent
+ * again next tick): with the GIL the collecting thread holds it except where
+ * a finalizer let it go, and a free-threaded collection stops the world.
+ * Without the internal headers: fp_gc_ident alone. */
 static inline int fp_gc_collecting(unsigned long ident)
 {
-#if FP_HAVE_INTERNAL && !defined(Py_GIL_DISABLED)
-    if (PyInterpreterState_Main()->gc.collecting)
+#if FP_HAVE_INTERNAL
+    if (__atomic_load_n(&PyInterpreterState_Main()->gc.collecting, __ATOMIC_RELAXED))
         return 1;
 #endif
     return __atomic_load_n(&fp_gc_ident, __ATOMIC_RELAXED) == ident;
@@ -106,7 +107,7 @@ static int fp_thread_in_critical(unsigned long ident)
 {
 #ifdef Py_GIL_DISABLED
     if (!fp_gil_enabled())
-        return __atomic_load_n(&fp_gc_ident, __ATOMIC_RELAXED) == ident;
+        return fp_gc_collecting(ident);
 #endif
     {
     PyThreadState *ts;
