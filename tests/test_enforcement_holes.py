@@ -304,28 +304,14 @@ class _SlowFinalizer:
         self.done.append("finalized")
 
 
-@pytest.mark.parametrize("where", ["main", "worker"])
-@pytest.mark.parametrize("how", ["gc", "refcount"])
-def test_an_interrupt_never_lands_in_a_finalizer(fp, where, how):
-    # An exception raised in __del__ (or a weakref callback) cannot propagate:
-    # CPython prints "Exception ignored in ..." and the finalizer's work is cut
-    # short.  The interrupt is put off until the finalizer has returned.
-    import gc
-
-    done: list = []
+def _run_200ms_catching_unraisable(fp, rule, where: str) -> tuple:
+    """enforce(rule) under a 200 ms budget on the main thread or a worker, with
+    sys.unraisablehook recording what CPython could not raise; (the call's
+    ConstraintViolation or None, the unraisable (type, object) pairs)."""
     unraisable: list = []
-
-    def rule() -> None:
-        obj = _SlowFinalizer(done, cyclic=how == "gc")
-        del obj
-        if how == "gc":
-            gc.collect()
-        spin()
 
     def once() -> object:
         try:
-            # 200 ms: no scheduler delay lets the deadline pass before the
-            # finalizer starts (then there would be nothing to put off).
             fp.ExecutionConstraints(200).create_budget().enforce(rule)
         except fp.ConstraintViolation as exc:
             return exc
@@ -337,6 +323,29 @@ def test_an_interrupt_never_lands_in_a_finalizer(fp, where, how):
         result = once() if where == "main" else in_thread(once).get("result")
     finally:
         sys.unraisablehook = old_hook
+    return result, unraisable
+
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+@pytest.mark.parametrize("how", ["gc", "refcount"])
+def test_an_interrupt_never_lands_in_a_finalizer(fp, where, how):
+    # An exception raised in __del__ (or a weakref callback) cannot propagate:
+    # CPython prints "Exception ignored in ..." and the finalizer's work is cut
+    # short.  The interrupt is put off until the finalizer has returned.
+    import gc
+
+    done: list = []
+
+    def rule() -> None:
+        obj = _SlowFinalizer(done, cyclic=how == "gc")
+        del obj
+        if how == "gc":
+            gc.collect()
+        spin()
+
+    # 200 ms: no scheduler delay lets the deadline pass before the finalizer
+    # starts (then there would be nothing to put off).
+    result, unraisable = _run_200ms_catching_unraisable(fp, rule, where)
     assert unraisable == []
     assert done == ["finalized"]
     assert isinstance(result, fp.ConstraintViolation) and result.interrupted
@@ -352,7 +361,6 @@ def test_an_interrupt_never_lands_in_an_applications_gc_callback(fp, where):
 
     armed: list = []
     done: list = []
-    unraisable: list = []
 
     def app_callback(phase: str, info: object) -> None:
         if phase == "start" and armed:
@@ -365,21 +373,11 @@ def test_an_interrupt_never_lands_in_an_applications_gc_callback(fp, where):
         gc.collect()
         spin()
 
-    def once() -> object:
-        try:
-            fp.ExecutionConstraints(200).create_budget().enforce(rule)
-        except fp.ConstraintViolation as exc:
-            return exc
-        return None
-
     fp.ExecutionConstraints(200).create_budget().enforce(lambda: None)   # fastpath's callback
     gc.callbacks.insert(0, app_callback)                                # ... then the app's, first
-    old_hook = sys.unraisablehook
-    sys.unraisablehook = lambda u: unraisable.append((u.exc_type, u.object))
     try:
-        result = once() if where == "main" else in_thread(once).get("result")
+        result, unraisable = _run_200ms_catching_unraisable(fp, rule, where)
     finally:
-        sys.unraisablehook = old_hook
         gc.callbacks.remove(app_callback)
     assert unraisable == []
     assert done == ["callback"]
