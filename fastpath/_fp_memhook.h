@@ -876,7 +876,7 @@ static void *fp_mem_calloc(void *ctx, size_t nelem, size_t elsize)
  * the difference.  A block the table does not list (allocated before any
  * call, or untracked) has an unknown old size: its whole new size is counted
  * (documented as an over-count). */
-static void *fp_mem_realloc_active(fp_mem *m, PyMemAllocatorEx *orig, void *ptr, size_t new_size)
+static __attribute__((noinline)) void *fp_mem_realloc_active(fp_mem *m, PyMemAllocatorEx *orig, void *ptr, size_t new_size)
 {
     int64_t size = new_size > (size_t)INT64_MAX ? INT64_MAX : (int64_t)new_size;
     int64_t old = -1;
@@ -954,28 +954,47 @@ static void *fp_mem_realloc_active(fp_mem *m, PyMemAllocatorEx *orig, void *ptr,
     return p;
 }
 
+/* Realloc outside any call while the table lists blocks: a tracked block
+ * leaves the accounting (its old size is subtracted as if freed; nothing is
+ * added outside calls). */
+static __attribute__((noinline)) void *fp_mem_realloc_listed(PyMemAllocatorEx *orig, void *ptr,
+                                                             size_t new_size)
+{
+    void *p = orig->realloc(orig->ctx, ptr, new_size);
+    if (p != NULL && ptr != NULL)
+        fp_mem_forget((uintptr_t)ptr);
+    return p;
+}
+
+/* The idle paths of realloc and free are a test and a tail call into the
+ * allocator we wrap (goal 14): whatever needs registers or a stack frame is
+ * in a noinline function of its own, so gcc emits no prologue for the usual
+ * case. */
 static void *fp_mem_realloc(void *ctx, void *ptr, size_t new_size)
 {
     PyMemAllocatorEx *orig = (PyMemAllocatorEx *)ctx;
     fp_mem *m = fp_tls_mem;
-    void *p;
-    if (FP_LIKELY(m == NULL || !m->s.active)) {
-        /* Outside any call: a tracked block leaves the accounting (its old
-         * size is subtracted as if freed; nothing is added outside calls). */
-        p = orig->realloc(orig->ctx, ptr, new_size);
-        if (FP_UNLIKELY(fp_mt_count != 0) && p != NULL && ptr != NULL)
-            fp_mem_forget((uintptr_t)ptr);
-        return p;
-    }
-    return fp_mem_realloc_active(m, orig, ptr, new_size);
+    if (FP_UNLIKELY(m != NULL && m->s.active))
+        return fp_mem_realloc_active(m, orig, ptr, new_size);
+    if (FP_UNLIKELY(fp_mt_count != 0))
+        return fp_mem_realloc_listed(orig, ptr, new_size);
+    return orig->realloc(orig->ctx, ptr, new_size);
+}
+
+static __attribute__((noinline)) void fp_mem_free_listed(PyMemAllocatorEx *orig, void *ptr)
+{
+    if (ptr != NULL)
+        fp_mem_forget((uintptr_t)ptr);
+    orig->free(orig->ctx, ptr);
 }
 
 static void fp_mem_free(void *ctx, void *ptr)
 {
     PyMemAllocatorEx *orig = (PyMemAllocatorEx *)ctx;
-    if (FP_UNLIKELY(fp_mt_count != 0) && ptr != NULL)     /* the idle test: one load */
-        fp_mem_forget((uintptr_t)ptr);
-    orig->free(orig->ctx, ptr);
+    if (FP_UNLIKELY(fp_mt_count != 0))     /* the idle test: one load */
+        fp_mem_free_listed(orig, ptr);
+    else
+        orig->free(orig->ctx, ptr);
 }
 
 /* Wrap the current allocator of a domain.  Each install gets its own saved
