@@ -228,3 +228,26 @@ def test_a_present_deb_src_is_found_however_long_the_list(sh: Shell) -> None:
     assert r.returncode == 0, r.stderr
     assert "update -qq" not in sh.calls()
     assert sh.sources.read_text().startswith("Types: deb-src\nSuites: trixie suite0 ")
+
+
+def test_the_failure_digest_names_each_failed_step_and_its_failing_tests(sh: Shell) -> None:
+    # A CI log is read from its tail: what failed comes last, with pytest's own lines.
+    out = sh.tmp / "out"
+    (out / "3.13").mkdir(parents=True)
+    (out / "3.13" / "test.log").write_text(
+        "....F.\nFAILED tests/test_x.py::test_y - assert 1 == 2\n1 failed, 5 passed in 1.00s\n")
+    (out / "3.13t").mkdir()
+    (out / "3.13t" / "test.log").write_text("1616 passed\n")
+    r = sh.run(f'OUT={out}; RESULT[3.13,test]=1; DETAIL[3.13,test]="1 failed, 5 passed (9s)"; '
+               'RESULT[3.13t,test]=0; RESULT[3.14,interpreter]=fallback; '
+               'RESULT[3.14t,interpreter]=unavailable; RESULT[3.12,interpreter]=1; '
+               'DETAIL[3.12,interpreter]="build failed"; failure_digest')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (
+        "what failed:\n"
+        "-- 3.12 interpreter: build failed\n"
+        "-- 3.13 test (exit 1): 1 failed, 5 passed (9s)\n"
+        "   ! FAILED tests/test_x.py::test_y - assert 1 == 2\n"
+        "   | ....F.\n"
+        "   | FAILED tests/test_x.py::test_y - assert 1 == 2\n"
+        "   | 1 failed, 5 passed in 1.00s\n")

@@ -577,8 +577,32 @@ summary() {
     if [ $FAILED = 0 ]; then
         echo "matrix: every version here passed${missing[*]:+ (unavailable on this machine: ${missing[*]})}"
     else
+        failure_digest
         echo "matrix: FAILED (logs in $OUT/<version>/)${missing[*]:+; unavailable: ${missing[*]}}"
     fi
+}
+
+# What failed, last in the output (a CI log is often read from its tail): per
+# failed step its pytest FAILED/ERROR lines and the end of its log; per failed
+# interpreter set-up what it said.
+failure_digest() {
+    local key tag step rc log
+    echo "what failed:"
+    for key in "${!RESULT[@]}"; do
+        rc=${RESULT[$key]}
+        [ "$rc" = 0 ] || [ "$rc" = fallback ] || [ "$rc" = unavailable ] || printf '%s\n' "$key"
+    done | sort | while IFS=, read -r tag step; do
+        rc=${RESULT[$tag,$step]}
+        if [ "$step" = interpreter ]; then
+            echo "-- $tag interpreter: ${DETAIL[$tag,interpreter]:-see the output above}"
+            continue
+        fi
+        log=$OUT/$tag/$step.log
+        echo "-- $tag $step (exit $rc): ${DETAIL[$tag,$step]:-}"
+        [ -f "$log" ] || continue
+        grep -E '^(FAILED|ERROR) |Fatal Python error' "$log" | head -n 20 | cut -c1-300 | sed 's/^/   ! /'
+        tail -n 12 "$log" | cut -c1-300 | sed 's/^/   | /'
+    done
 }
 
 # ------------------------------------------------------------------- main
