@@ -876,7 +876,8 @@ static void *fp_mem_calloc(void *ctx, size_t nelem, size_t elsize)
  * the difference.  A block the table does not list (allocated before any
  * call, or untracked) has an unknown old size: its whole new size is counted
  * (documented as an over-count). */
-static __attribute__((noinline)) void *fp_mem_realloc_active(fp_mem *m, PyMemAllocatorEx *orig, void *ptr, size_t new_size)
+static __attribute__((noinline)) void *fp_mem_realloc_active(fp_mem *m, PyMemAllocatorEx *orig,
+                                                             void *ptr, size_t new_size)
 {
     int64_t size = new_size > (size_t)INT64_MAX ? INT64_MAX : (int64_t)new_size;
     int64_t old = -1;
