@@ -1437,7 +1437,7 @@ class _EnforcerCore:
     def _window_end(self, rule: _RuleState) -> None:
         """An adaptive window ended: the next limit, off the per-call path."""
         assert rule.adaptive is not None
-        change = rule.adaptive._finish_window()
+        change = rule.adaptive._finish_window(if_due=True)
         if change is None:
             return
         constraints = rule.configured.replace(max_exec_ms=change[1])

@@ -280,10 +280,18 @@ class _Adaptive:
     def _observe(self, elapsed_ns: int, timed_out: bool = False) -> bool:
         return self.record(elapsed_ns, timed_out, time.monotonic_ns())
 
-    def _finish_window(self) -> Optional[Tuple[int, int, Optional[int], int, int]]:
+    def _finish_window(self, if_due: bool = False
+                       ) -> Optional[Tuple[int, int, Optional[int], int, int]]:
+        # if_due (the pipeline's call, after record() said the window ended):
+        # finish it only if it still has ended -- another thread may have
+        # finished it between that record() and this lock, and a second finish
+        # would close the next window after a call or two.
         with self._lock:
             n, timeouts, done = self.n, self.timeouts, self.current
             if n == 0:
+                return None
+            if if_due and (n < self.window_calls if self.window_calls else
+                           _clock_ns(self.clock) - self.window_start_ns < self.window_ns):
                 return None
             self.current, self.previous = self.previous, done
             self.current.reset()
