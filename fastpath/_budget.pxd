@@ -172,6 +172,7 @@ cdef class _Adaptive:
     # 1 when this call ended the window (the caller then runs _finish_window).
     cdef int record_c(self, int64_t elapsed_ns, bint timed_out, int64_t stop_ns) except -1
     cdef int _record_locked(self, int64_t elapsed_ns, bint timed_out, int64_t stop_ns) except -1
+    cdef int _ended_locked(self, int64_t stop_ns) except -1
     cdef object _finish_window_locked(self)
 
 

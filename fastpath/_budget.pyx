@@ -1503,7 +1503,7 @@ cdef class _EnforcerCore:
 
     def _window_end(self, _RuleState rule):
         """An adaptive window ended: the next limit, off the per-call path."""
-        change = rule.adaptive._finish_window()
+        change = rule.adaptive._finish_window(True)
         if change is None:
             return
         constraints = rule.configured.replace(max_exec_ms=change[1])

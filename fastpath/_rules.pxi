@@ -420,6 +420,11 @@ cdef class _Adaptive:
         self.current.record_c(elapsed_ns)
         self.n += 1
         self.timeouts += timed_out
+        return self._ended_locked(stop_ns)
+
+    cdef int _ended_locked(self, int64_t stop_ns) except -1:
+        # Has the current window ended?  stop_ns: now (fp_now_ns); the limit's
+        # own clock is read instead if it has one.
         if self.window_calls:
             return self.n >= self.window_calls
         if self.clock is not None:
@@ -430,12 +435,17 @@ cdef class _Adaptive:
         """Record one latency as a call does; True when it ended the window."""
         return bool(self.record_c(elapsed_ns, timed_out, fp_now_ns()))
 
-    def _finish_window(self):
+    def _finish_window(self, bint if_due=False):
         """Rotate the pair of histograms and compute the next limit: None when it
-        is unchanged, else (old_ms, new_ms, pN_ns or None, calls, timeouts)."""
+        is unchanged, else (old_ms, new_ms, pN_ns or None, calls, timeouts).
+        if_due (the pipeline's call, after record_c said the window ended):
+        only if it still has ended -- another thread may have finished it in
+        between, and a second finish would close the next window early."""
         cdef fp_cs cs
         fp_cs_begin(&cs, self)
         try:
+            if if_due and not self._ended_locked(fp_now_ns()):
+                return None
             return self._finish_window_locked()
         finally:
             fp_cs_end(&cs)

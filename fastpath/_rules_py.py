@@ -271,8 +271,13 @@ class _Adaptive:
             self.current.record(elapsed_ns)
             self.n += 1
             self.timeouts += bool(timed_out)
-            if self.window_calls:
-                return self.n >= self.window_calls
+            return self._ended(stop_ns)
+
+    def _ended(self, stop_ns: int) -> bool:
+        """Has the current window ended (lock held)?  stop_ns: now, on the
+        monotonic clock; the limit's own clock is read instead if it has one."""
+        if self.window_calls:
+            return self.n >= self.window_calls
         if self.clock is not None:
             stop_ns = _clock_ns(self.clock)
         return stop_ns - self.window_start_ns >= self.window_ns
@@ -290,8 +295,7 @@ class _Adaptive:
             n, timeouts, done = self.n, self.timeouts, self.current
             if n == 0:
                 return None
-            if if_due and (n < self.window_calls if self.window_calls else
-                           _clock_ns(self.clock) - self.window_start_ns < self.window_ns):
+            if if_due and not self._ended(time.monotonic_ns()):
                 return None
             self.current, self.previous = self.previous, done
             self.current.reset()
