@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import logging
 import os
 import random
 import sys
@@ -46,6 +47,8 @@ from .errors import (
     ResourceExhausted,
 )
 from .typedefs import PreemptionInfo
+
+_logger = logging.getLogger("fastpath")
 
 if TYPE_CHECKING:  # pragma: no cover
     from .enforcer import RuleType
@@ -513,27 +516,51 @@ def _watchdog_main() -> None:
         now = _now_ns()
         active = False
         for slot in list(_slots):
-            gen = slot.armed_gen
-            watches = slot.cpu
-            active = active or bool(gen or watches)
-            if slot.unordered or not _preempt_enabled:
-                continue
-            if watches and slot.cpu_clock is not None:
-                try:
-                    cpu = time.clock_gettime_ns(slot.cpu_clock)
-                except OSError:
-                    continue
-                over = [(wgen, cpu - start - limit) for wgen, limit, interrupt, start in watches
-                        if interrupt and cpu - start >= limit
-                        and (slot.fire_gen != wgen or slot.refire)]
-                if over:
-                    wgen, excess = over[0]
-                    _fire(slot, wgen, CPU, _now_ns() - excess)
-                    continue
-            if gen and slot.interrupt_at <= now and (slot.fire_gen != gen or slot.refire):
-                _fire(slot, gen, TIMEOUT, slot.interrupt_at)
+            active = bool(slot.armed_gen or slot.cpu) or active
+            try:
+                _watch(slot, now)
+            except Exception:           # noqa: BLE001 - the watchdog must go on
+                _tick_failed()
         idle_ticks = 0 if active else idle_ticks + 1
         _watchdog_idle = idle_ticks >= WATCHDOG_IDLE_TICKS
+
+
+def _watch(slot: _Slot, now: int) -> None:
+    """One tick's look at one thread: interrupt a call past its deadline or
+    its CPU allowance."""
+    gen = slot.armed_gen
+    watches = slot.cpu
+    if slot.unordered or not _preempt_enabled:
+        return
+    if watches and slot.cpu_clock is not None:
+        try:
+            cpu = time.clock_gettime_ns(slot.cpu_clock)
+        except OSError:
+            return
+        over = [(wgen, cpu - start - limit) for wgen, limit, interrupt, start in watches
+                if interrupt and cpu - start >= limit
+                and (slot.fire_gen != wgen or slot.refire)]
+        if over:
+            wgen, excess = over[0]
+            _fire(slot, wgen, CPU, _now_ns() - excess)
+            return
+    if gen and slot.interrupt_at <= now and (slot.fire_gen != gen or slot.refire):
+        _fire(slot, gen, TIMEOUT, slot.interrupt_at)
+
+
+TICK_ERROR_LOG_S = 10.0     # at most one log record per this many seconds
+_tick_error_logged = -TICK_ERROR_LOG_S
+
+
+def _tick_failed() -> None:
+    """An unexpected error in one look (a bug, or a torn read of another
+    thread's state): logged, and the watchdog goes on -- a dead watchdog would
+    leave every later call unstopped."""
+    global _tick_error_logged
+    if time.monotonic() - _tick_error_logged >= TICK_ERROR_LOG_S:
+        _tick_error_logged = time.monotonic()
+        _logger.exception("fastpath's watchdog (twin core): one look at a thread failed; "
+                          "it looks again next tick")
 
 
 def _wake_watchdog() -> None:

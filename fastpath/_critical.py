@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
-from types import FrameType
-from typing import Optional, Tuple
+from functools import partial
+from itertools import accumulate, chain, compress, repeat, takewhile
+from operator import call, is_not
+from types import CodeType, FrameType
+from typing import Any, List, Optional, Tuple
 
 _STDLIB = os.path.dirname(threading.__file__)
 
@@ -61,21 +65,60 @@ def track_collections() -> None:
         gc.callbacks.append(_gc_phase)
 
 
+def _gil_serialises() -> bool:
+    """Does holding the GIL keep every other thread still (not 3.13t/3.14t with
+    the GIL off, where the target runs during the look whatever it does)?"""
+    enabled = getattr(sys, "_is_gil_enabled", None)
+    return enabled is None or bool(enabled())
+
+
+def stack(frame: Any, depth: int) -> List[Any]:
+    """`frame` and its callers, innermost first, at most `depth` of them.
+
+    All the frame objects are made inside one C call (``list.extend`` over
+    ``map``, ``accumulate`` and ``getattr``): no bytecode runs between them, so
+    the GIL is not let go, and the collector is off meanwhile (turned back on
+    only if it was on, still inside that call), so no allocation starts a
+    collection.  The objects are then held, so the frames are safe to read
+    later whatever the target does (a frame it returns from keeps its data)."""
+    frames: List[Any] = []
+    walk = partial(frames.extend, takewhile(partial(is_not, None), accumulate(
+        repeat("f_back", depth - 1), getattr, initial=frame)))
+    was_on: List[bool] = []
+    done: List[Any] = []
+    try:
+        if not _gil_serialises():
+            walk()
+            return frames
+        done.extend(map(call, chain(
+            (partial(was_on.extend, map(call, (gc.isenabled,))), gc.disable, walk),
+            compress((gc.enable,), iter(was_on)))))
+    except AttributeError:
+        pass                        # something without f_back (a torn look): what came before it
+    finally:
+        if was_on and was_on[0] and len(done) < 4:
+            gc.enable()             # the walk raised: the collector on again
+    return frames
+
+
 def frame_is_critical(frame: Optional[FrameType]) -> bool:
     """Is `frame` (or its caller) in one of the critical modules, or is a
     ``__del__`` method or a ``gc.callbacks`` function on its stack?  (The
     twin's own gc callback marks a collection only from the moment it runs: an
-    application's callback may run before it.)"""
-    depth = 0
+    application's callback may run before it.)  Anything on the stack that is
+    not a frame means the look was torn: yes (the interrupt is put off, and
+    the next tick looks again)."""
+    if frame is None:
+        return False
     callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-    while frame is not None and depth < FINALIZER_DEPTH:
-        code = frame.f_code
+    for depth, f in enumerate(stack(frame, FINALIZER_DEPTH)):
+        code = getattr(f, "f_code", None)
+        if not isinstance(code, CodeType):
+            return True
         if depth < 2 and code.co_filename.startswith(CRITICAL_FILES):
             return True
         if code.co_name == "__del__" or code in callbacks:
             return True
-        frame = frame.f_back
-        depth += 1
     return False
 
 

@@ -10,6 +10,7 @@ thread stacks) are tested in a subprocess.
 from __future__ import annotations
 
 import functools
+import gc
 import io
 import json
 import logging
@@ -641,3 +642,97 @@ def test_an_interrupt_is_put_off_inside_a_weakref_callback():
     del obj                                 # the callback runs in weakref.py's finalize
     assert seen == [True]
     assert not frame_is_critical(sys._getframe())
+
+
+# --------------------------- 5. the twin's look at another thread's stack
+
+def _park_at_depth(depth: int, ready: threading.Event, release: threading.Lock) -> None:
+    if depth > 1:
+        _park_at_depth(depth - 1, ready, release)
+    else:
+        ready.set()
+        release.acquire(timeout=30)     # parked in a C call, in this (not critical) file
+
+
+def _collections_during_look(depth: int) -> int:
+    """Garbage collections started while the twin looks at a thread parked
+    `depth` Python frames deep (whose callers have no frame objects yet), with
+    a collection due at every allocation."""
+    from fastpath import _critical
+
+    ready, release = threading.Event(), threading.Lock()
+    release.acquire()
+    t = threading.Thread(target=_park_at_depth, args=(depth, ready, release))
+    t.start()
+    ready.wait(30)
+    while sys._current_frames()[t.ident].f_code is not _park_at_depth.__code__:
+        time.sleep(0.001)               # (still returning from ready.set())
+    runs = []
+
+    def count(phase: str, info: object) -> None:
+        if phase == "start" and threading.current_thread() is threading.main_thread():
+            runs.append(1)
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(count)
+    try:
+        top = sys._current_frames()[t.ident]
+        gc.set_threshold(1)
+        _critical.frame_is_critical(top)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(count)
+        release.release()
+        t.join()
+    return len(runs)
+
+
+@pytest.mark.skipif(bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+                    reason="with the GIL off the target runs during the look anyway")
+def test_the_twins_look_at_another_threads_stack_runs_no_collection_between_frames():
+    """Each frame object the look makes for the target's callers is an
+    allocation, which can start a collection; a collection runs gc.callbacks
+    and finalizers, Python code that can hand the GIL to the target, which
+    then returns from the frames being read (CI: the twin's watchdog died with
+    "'dict' object has no attribute 'f_code'", a frame read from the target's
+    reused stack).  The look makes them all with collections off, so how many
+    collections start during it does not grow with the stack's depth."""
+    shallow, deep = _collections_during_look(10), _collections_during_look(60)
+    assert abs(deep - shallow) <= 1, (shallow, deep)
+
+
+def test_a_look_that_meets_something_other_than_a_frame_puts_the_interrupt_off():
+    from fastpath._critical import frame_is_critical
+
+    class Torn:                     # what a frame read from reused stack memory looked like
+        f_code = sys._getframe().f_code
+        f_back = {"__name__": "_pytest.capture"}
+
+    assert frame_is_critical(Torn()) is True
+
+
+def test_the_twins_watchdog_survives_an_error_in_a_tick_and_keeps_stopping_calls(
+        monkeypatch, caplog):
+    """An unexpected error in one tick of the twin's watchdog killed its thread:
+    every later call ran unstopped (and pytest reported the thread's exception)."""
+    from fastpath import _budget_py as twin
+
+    real = twin.thread_is_critical
+    failures = []
+
+    def fails_once(ident, frame):
+        if not failures:
+            failures.append(ident)
+            raise RuntimeError("a tick went wrong")
+        return real(ident, frame)
+
+    monkeypatch.setattr(twin, "thread_is_critical", fails_once)
+    with caplog.at_level(logging.ERROR, logger="fastpath"):
+        for _ in range(2):
+            t0 = time.monotonic()
+            with pytest.raises(twin.ConstraintViolation) as info:
+                twin.ExecutionConstraints(20).create_budget().enforce(spin, 2.0)
+            assert time.monotonic() - t0 < 1.0 and info.value.interrupted
+    assert failures and twin.preemption_info()["watchdog_running"]
+    assert any("a tick went wrong" in r.getMessage() or
+               (r.exc_info and "a tick went wrong" in str(r.exc_info[1])) for r in caplog.records)
