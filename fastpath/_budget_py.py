@@ -475,8 +475,7 @@ def _fire(slot: _Slot, gen: int, kind: int, due: int) -> None:
     """Interrupt `gen` on its thread, unless the thread is inside an
     uninterruptible() block or a stdlib lock holder (then: next tick)."""
     global _fires, _deferrals
-    if slot.defer > 0 or thread_is_critical(slot.ident,
-                                            sys._current_frames().get(slot.ident)):
+    if slot.defer > 0 or thread_is_critical(slot.ident):
         _deferrals += 1
         return
     with slot.fire_lock:

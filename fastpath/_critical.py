@@ -122,6 +122,11 @@ def frame_is_critical(frame: Optional[FrameType]) -> bool:
     return False
 
 
-def thread_is_critical(ident: int, frame: Optional[FrameType]) -> bool:
-    """Must an interrupt for thread `ident`, now at `frame`, be put off?"""
-    return collecting_in == ident or frame_is_critical(frame)
+def thread_is_critical(ident: int) -> bool:
+    """Must an interrupt for thread `ident` be put off?  With the GIL off
+    (3.13t/3.14t, ``PYTHON_GIL=0``) the target runs while it would be looked at
+    and reading a running thread's frames can crash, so then, as in the
+    compiled core, only a running collection is seen."""
+    if collecting_in == ident:
+        return True
+    return _gil_serialises() and frame_is_critical(sys._current_frames().get(ident))

@@ -720,11 +720,11 @@ def test_the_twins_watchdog_survives_an_error_in_a_tick_and_keeps_stopping_calls
     real = twin.thread_is_critical
     failures = []
 
-    def fails_once(ident, frame):
+    def fails_once(ident):
         if not failures:
             failures.append(ident)
             raise RuntimeError("a tick went wrong")
-        return real(ident, frame)
+        return real(ident)
 
     monkeypatch.setattr(twin, "thread_is_critical", fails_once)
     with caplog.at_level(logging.ERROR, logger="fastpath"):
