@@ -26,7 +26,7 @@ from functools import partial
 from itertools import accumulate, chain, compress, repeat, takewhile
 from operator import call, is_not
 from types import CodeType, FrameType
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 _STDLIB = os.path.dirname(threading.__file__)
 
@@ -72,33 +72,53 @@ def _gil_serialises() -> bool:
     return enabled is None or bool(enabled())
 
 
+def _collector_off(*steps: Callable[[], object]) -> None:
+    """Call the zero-argument C callables `steps` in one C call (``list.extend``
+    over ``map(call, ...)``) with the collector off, turning it back on (only if
+    it was on) inside that same call.  No bytecode runs between them, so a GIL
+    build does not let the GIL go: no other thread sees the collector off, and
+    no allocation in `steps` starts a collection (whose Python callbacks could
+    let another thread run).  An exception from a step propagates, with the
+    collector back as it was."""
+    was_on: List[bool] = []
+    done: List[object] = []
+    try:
+        done.extend(map(call, chain(
+            (partial(was_on.extend, map(call, (gc.isenabled,))), gc.disable), steps,
+            compress((gc.enable,), iter(was_on)))))
+    finally:
+        if was_on and was_on[0] and len(done) < len(steps) + 3:
+            gc.enable()             # a step raised: the collector on again
+
+
 def stack(frame: Any, depth: int) -> List[Any]:
     """`frame` and its callers, innermost first, at most `depth` of them.
 
-    All the frame objects are made inside one C call (``list.extend`` over
-    ``map``, ``accumulate`` and ``getattr``): no bytecode runs between them, so
-    the GIL is not let go, and the collector is off meanwhile (turned back on
-    only if it was on, still inside that call), so no allocation starts a
-    collection.  The objects are then held, so the frames are safe to read
-    later whatever the target does (a frame it returns from keeps its data)."""
+    All the frame objects are made with the collector off and the GIL held
+    (`_collector_off`); the objects are then held, so the frames are safe to
+    read later whatever the target does (a frame it returns from keeps its
+    data).  A caller without ``f_back`` (a torn look) ends the list."""
     frames: List[Any] = []
     walk = partial(frames.extend, takewhile(partial(is_not, None), accumulate(
         repeat("f_back", depth - 1), getattr, initial=frame)))
-    was_on: List[bool] = []
-    done: List[Any] = []
     try:
-        if not _gil_serialises():
+        if _gil_serialises():
+            _collector_off(walk)
+        else:
             walk()
-            return frames
-        done.extend(map(call, chain(
-            (partial(was_on.extend, map(call, (gc.isenabled,))), gc.disable, walk),
-            compress((gc.enable,), iter(was_on)))))
     except AttributeError:
-        pass                        # something without f_back (a torn look): what came before it
-    finally:
-        if was_on and was_on[0] and len(done) < 4:
-            gc.enable()             # the walk raised: the collector on again
+        pass                        # what came before it
     return frames
+
+
+def current_frame(ident: int) -> Optional[FrameType]:
+    """Thread `ident`'s innermost frame (``sys._current_frames()``, which makes
+    a frame object for every thread while holding the interpreter's thread-list
+    lock: with the collector off, no collection's callback can let the GIL go
+    while that lock is held)."""
+    got: List[Dict[int, FrameType]] = []
+    _collector_off(partial(got.extend, map(call, (sys._current_frames,))))
+    return got[0].get(ident)
 
 
 def frame_is_critical(frame: Optional[FrameType]) -> bool:
@@ -129,4 +149,4 @@ def thread_is_critical(ident: int) -> bool:
     compiled core, only a running collection is seen."""
     if collecting_in == ident:
         return True
-    return _gil_serialises() and frame_is_critical(sys._current_frames().get(ident))
+    return _gil_serialises() and frame_is_critical(current_frame(ident))
