@@ -115,7 +115,9 @@ def current_frame(ident: int) -> Optional[FrameType]:
     """Thread `ident`'s innermost frame (``sys._current_frames()``, which makes
     a frame object for every thread while holding the interpreter's thread-list
     lock: with the collector off, no collection's callback can let the GIL go
-    while that lock is held)."""
+    while that lock is held).  One way Python code still runs in that call: an
+    application's audit hook (``sys.addaudithook``) for the
+    ``sys._current_frames`` event, which could see the collector off."""
     got: List[Dict[int, FrameType]] = []
     _collector_off(partial(got.extend, map(call, (sys._current_frames,))))
     return got[0].get(ident)
