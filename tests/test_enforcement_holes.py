@@ -9,6 +9,7 @@ thread stacks) are tested in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import io
@@ -22,6 +23,7 @@ import sysconfig
 import textwrap
 import threading
 import time
+from typing import Iterator, List
 
 import pytest
 
@@ -548,6 +550,7 @@ def test_nobody_ever_observes_the_watchdogs_lowered_switch_interval(fp):
 
 GREENLET_SCRIPT = """
 import time
+from typing import Iterator, List
 import greenlet
 from fastpath import ExecutionConstraints, ExecutionInterrupted
 
@@ -654,6 +657,26 @@ def _park_at_depth(depth: int, ready: threading.Event, release: threading.Lock) 
         release.acquire(timeout=30)     # parked in a C call, in this (not critical) file
 
 
+@contextlib.contextmanager
+def _main_thread_collections() -> Iterator[List[int]]:
+    """Count (one list item each) the collections started on the main thread
+    inside the block, with a young collection due at every other allocation."""
+    runs: List[int] = []
+
+    def count(phase: str, info: object) -> None:
+        if phase == "start" and threading.current_thread() is threading.main_thread():
+            runs.append(1)
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(count)
+    gc.set_threshold(1, 1_000_000, 1_000_000)
+    try:
+        yield runs
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(count)
+
+
 def _collections_during_look(depth: int) -> int:
     """Garbage collections started while the twin looks at a thread parked
     `depth` Python frames deep (whose callers have no frame objects yet), with
@@ -667,21 +690,11 @@ def _collections_during_look(depth: int) -> int:
     ready.wait(30)
     while sys._current_frames()[t.ident].f_code is not _park_at_depth.__code__:
         time.sleep(0.001)               # (still returning from ready.set())
-    runs = []
-
-    def count(phase: str, info: object) -> None:
-        if phase == "start" and threading.current_thread() is threading.main_thread():
-            runs.append(1)
-
-    threshold = gc.get_threshold()
-    gc.callbacks.append(count)
     try:
         top = sys._current_frames()[t.ident]
-        gc.set_threshold(1, 1_000_000, 1_000_000)   # a young collection at every other allocation
-        _critical.frame_is_critical(top)
+        with _main_thread_collections() as runs:
+            _critical.frame_is_critical(top)
     finally:
-        gc.set_threshold(*threshold)
-        gc.callbacks.remove(count)
         release.release()
         t.join()
     return len(runs)
@@ -721,20 +734,10 @@ def _collections_while_finding_a_thread(threads: int) -> int:
     for ready in readies:
         ready.wait(30)
     time.sleep(0.05)                # (each into its acquire(): nothing allocating meanwhile)
-    runs = []
-
-    def count(phase: str, info: object) -> None:
-        if phase == "start" and threading.current_thread() is threading.main_thread():
-            runs.append(1)
-
-    threshold = gc.get_threshold()
-    gc.callbacks.append(count)
     try:
-        gc.set_threshold(1, 1_000_000, 1_000_000)   # a young collection at every other allocation
-        _critical.thread_is_critical(parked[0].ident)
+        with _main_thread_collections() as runs:
+            _critical.thread_is_critical(parked[0].ident)
     finally:
-        gc.set_threshold(*threshold)
-        gc.callbacks.remove(count)
         for release in releases:
             release.release()
         for t in parked:
@@ -749,7 +752,7 @@ def test_finding_the_target_thread_runs_no_collection_under_the_thread_list_lock
     lock runs Python callbacks that can hand the GIL to a thread that then
     waits for that lock (starting or ending a thread): the twin finds the
     target's frame with the collector off, so the count does not grow with the
-    number of threads (before: 13 with 2 threads, 33 with 40; after, 19 and 21:
+    number of threads (before: 13 with 2 threads, 42 with 60; after, 19 and 21:
     the frames made count towards one more collection once the look is over)."""
     few, many = (_collections_while_finding_a_thread(2),
                  _collections_while_finding_a_thread(60))
