@@ -556,8 +556,9 @@ def _tick_failed() -> None:
     thread's state): logged, and the watchdog goes on -- a dead watchdog would
     leave every later call unstopped."""
     global _tick_error_logged
-    if time.monotonic() - _tick_error_logged >= TICK_ERROR_LOG_S:
-        _tick_error_logged = time.monotonic()
+    now = time.monotonic()
+    if now - _tick_error_logged >= TICK_ERROR_LOG_S:
+        _tick_error_logged = now
         _logger.exception("fastpath's watchdog (twin core): one look at a thread failed; "
                           "it looks again next tick")
 
