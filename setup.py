@@ -4,6 +4,10 @@ time to choose the twin explicitly)."""
 
 import glob
 import os
+import platform
+import subprocess
+import sysconfig
+import tempfile
 
 import Cython
 from Cython.Build import cythonize
@@ -33,7 +37,30 @@ sanitize = os.environ.get("FASTPATH_SANITIZE") == "1"
 if debug:
     DIRECTIVES.update(linetrace=True, boundscheck=True, wraparound=True)
 
+
+
+def cc_accepts(flag):
+    """Does this build's C compiler accept `flag` (a test compile of an empty unit)?"""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "t.c")
+        with open(src, "w") as fh:
+            fh.write("int fp_t;\n")
+        try:
+            return subprocess.run(cc + ["-Werror", flag, "-c", src, "-o", src + ".o"],
+                                  capture_output=True).returncode == 0
+        except OSError:
+            return False
+
+
 compile_args = ["-O2", "-Wall", "-Wno-unused-function", "-Wno-unused-variable"]
+# Every call creates a budget, and Cython zeroes a new object (184 bytes) with
+# memset, which GCC's x86-64 default expands to `rep stosq`: ~35 cycles of
+# start-up, ~10 ns of the ~100 ns execute_with_constraints costs (perf).  Plain
+# stores instead (measured: execute_with_constraints(FAST, f) - f() 111 -> 100 ns).
+MEMSET_STORES = "-mmemset-strategy=unrolled_loop:256:noalign,libcall:-1:noalign"
+if platform.machine() in ("x86_64", "AMD64") and cc_accepts(MEMSET_STORES):
+    compile_args.insert(1, MEMSET_STORES)
 link_args = []
 macros = []
 if debug:
